@@ -1,0 +1,346 @@
+"""Symmetric positive semi-definite matrices: validation, explicit ridge, cached factorisations.
+
+Every computation on a kernel matrix in ntkprior (log-probabilities, posteriors, eigenmodes,
+training dynamics) goes through :class:`SymmetricPSD`. It
+
+- validates the matrix once (square, finite, symmetric to a relative tolerance, no eigenvalue
+  below ``-1e-8 * lambda_max``) and reports what is wrong with the numbers;
+- adds the ridge the caller asked for, explicitly (``diag_reg``; relative to the mean diagonal by
+  default) and nothing else, unless ``jitter="auto"`` was passed, in which case the smallest jitter
+  that makes the Cholesky factorisation succeed is added and announced with a warning;
+- computes each factorisation at most once and reuses it: the Cholesky factor (for solves,
+  log-determinants and quadratic forms; about 20x cheaper than an eigendecomposition) and the
+  eigendecomposition (for functions of the matrix such as ``exp(-eta * H * t / m)``).
+
+The matrix-free protocol used by the rest of the package is ``.shape``, ``.matvec(v)`` and
+``.solve(b)``; an out-of-core kernel that offers the same three members can stand in for a
+``SymmetricPSD`` wherever only those are used.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from ntkprior.data import check_finite, to_tensor
+
+__all__ = ["SymmetricPSD", "IllConditionedWarning", "JitterWarning", "PSD_RTOL", "COND_WARN"]
+
+#: Eigenvalues below ``-PSD_RTOL * lambda_max`` mean the matrix is not positive semi-definite.
+PSD_RTOL = 1e-8
+#: Condition numbers above this trigger an :class:`IllConditionedWarning` (solves keep ~6 digits).
+COND_WARN = 1e10
+#: Jitter tried by ``jitter="auto"``, relative to the mean diagonal: one value per decade.
+JITTER_GRID = tuple(10.0 ** e for e in range(-12, 0))
+_ROW_BLOCK = 1024
+
+
+class IllConditionedWarning(UserWarning):
+    """A kernel matrix is so ill-conditioned that solves with it lose many digits."""
+
+
+class JitterWarning(UserWarning):
+    """``jitter="auto"`` added a multiple of the identity to a numerically singular matrix."""
+
+
+def _symmetry_rtol(matrix) -> float:
+    """Asymmetry tolerated relative to the largest entry: 1e-10 for float64 input, 1e-4 otherwise.
+
+    Kernels assembled blockwise in float64 are symmetric to ~1e-14; float32 arithmetic (e.g. an
+    empirical NTK J J^T in single precision) leaves ~1e-6.
+    """
+    dtype = getattr(matrix, "dtype", None)
+    double = dtype in (torch.float64, np.float64) or dtype is None
+    return 1e-10 if double else 1e-4
+
+
+def _max_asymmetry(m: torch.Tensor) -> float:
+    """max |M - M^T|, computed in row blocks so that no second n x n matrix is allocated."""
+    worst = 0.0
+    for i in range(0, m.shape[0], _ROW_BLOCK):
+        j = min(i + _ROW_BLOCK, m.shape[0])
+        worst = max(worst, float((m[i:j] - m[:, i:j].T).abs().max()))
+    return worst
+
+
+def _eigvalsh(m: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues (ascending) of a symmetric matrix, without eigenvectors."""
+    if m.device.type != "cpu":
+        return torch.linalg.eigvalsh(m)
+    return torch.from_numpy(scipy.linalg.eigh(m.numpy(), eigvals_only=True, driver="evr",
+                                              check_finite=False))
+
+
+def _eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition of a symmetric matrix: scipy's LAPACK driver ``evr`` on CPU.
+
+    Measured at n = 8000 (FACTS.md): scipy evr 114 s, torch.linalg.eigh 171 s.
+    """
+    if m.device.type != "cpu":
+        return torch.linalg.eigh(m)
+    w, v = scipy.linalg.eigh(m.numpy(), driver="evr", check_finite=False)
+    return torch.from_numpy(w), torch.from_numpy(v)
+
+
+class SymmetricPSD:
+    """A validated symmetric positive semi-definite matrix with cached factorisations.
+
+    Parameters
+    ----------
+    matrix : array-like (n, n)
+        Symmetric PSD matrix (numpy array or torch tensor); converted to float64 and symmetrised
+        as ``(M + M^T) / 2`` after the symmetry check. The caller's array is never modified.
+    name : str
+        What the matrix is, used in every error and warning message.
+    diag_reg : float
+        Ridge added to the diagonal. With ``reg="relative"`` (default) the amount added is
+        ``diag_reg * mean(diag(M))``; with ``reg="absolute"`` it is ``diag_reg`` itself.
+    jitter : None or "auto"
+        ``None`` (default): a numerically singular matrix raises a ``ValueError`` reporting its
+        smallest eigenvalue and condition number. ``"auto"``: add the smallest jitter
+        ``10^e * mean(diag)``, e = -12..-1, for which the Cholesky factorisation succeeds, and
+        warn (:class:`JitterWarning`) with its value.
+
+    Attributes
+    ----------
+    matrix : torch.Tensor
+        The matrix that is factorised: symmetrised, plus ridge (and jitter, once added).
+    n : int
+    ridge : float
+        Absolute amount added to the diagonal because of ``diag_reg``.
+    jitter : float
+        Absolute amount added by ``jitter="auto"`` (0.0 until needed).
+
+    Notes
+    -----
+    Positive semi-definiteness is checked wherever eigenvalues become available: when ``eigh()`` is
+    called, and when the Cholesky factorisation fails. A successful Cholesky factorisation of
+    ``M + ridge * I`` proves that every eigenvalue of ``M`` exceeds ``-ridge``; with ``diag_reg > 0``
+    negative eigenvalues smaller than the ridge in magnitude are not reported unless ``eigh()`` runs.
+    """
+
+    def __init__(self, matrix, name: str = "kernel", *, diag_reg: float = 0.0,
+                 reg: str = "relative", jitter: str | None = None):
+        if jitter not in (None, "auto"):
+            raise ValueError(f"jitter: expected None or 'auto', got {jitter!r}")
+        if reg not in ("relative", "absolute"):
+            raise ValueError(f"reg: expected 'relative' or 'absolute', got {reg!r}")
+        if not (isinstance(diag_reg, (int, float)) and math.isfinite(diag_reg) and diag_reg >= 0):
+            raise ValueError(f"diag_reg: expected a finite number >= 0, got {diag_reg!r}")
+        m = to_tensor(matrix, name)
+        if m.ndim != 2 or m.shape[0] != m.shape[1]:
+            raise ValueError(f"{name}: expected a square matrix (n, n), got shape {tuple(m.shape)}")
+        if m.shape[0] == 0:
+            raise ValueError(f"{name}: is empty; pass a kernel matrix of at least one input")
+        check_finite(m, name)
+        self.name = name
+        self._check_symmetric(m, _symmetry_rtol(matrix))
+        m = (m + m.T) / 2
+        self._check_diagonal(m)
+        self.mean_diagonal = float(m.diagonal().mean())
+        self.ridge = float(diag_reg) * (self.mean_diagonal if reg == "relative" else 1.0)
+        if reg == "relative" and diag_reg > 0 and self.mean_diagonal == 0:
+            raise ValueError(f"{name}: the diagonal is zero, so a relative diag_reg adds nothing; "
+                             "pass reg='absolute' with the ridge you want")
+        m.diagonal().add_(self.ridge)
+        self.matrix = m
+        self.n = m.shape[0]
+        self.jitter = 0.0
+        self._jitter_mode = jitter
+        self._chol: torch.Tensor | None = None
+        self._eig: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._warned_condition = False
+
+    # ----------------------------------------------------------------- validation
+    def _check_symmetric(self, m: torch.Tensor, rtol: float) -> None:
+        scale = float(m.abs().max())
+        asym = _max_asymmetry(m)
+        if asym > rtol * scale:
+            raise ValueError(
+                f"{self.name}: is not symmetric: max |M - M^T| = {asym:.3g}, which is "
+                f"{asym / scale:.3g} of the largest entry {scale:.3g} (tolerance {rtol:g}); "
+                "a kernel matrix K(x, x) must be symmetric: check how it was computed, "
+                "or symmetrise it with (M + M.T) / 2 if the asymmetry is round-off")
+
+    def _check_diagonal(self, m: torch.Tensor) -> None:
+        d = m.diagonal()
+        lo = float(d.min())
+        if lo < -PSD_RTOL * float(d.abs().max()):
+            i = int(d.argmin())
+            raise ValueError(f"{self.name}: diagonal entry {i} is negative ({lo:.6g}); a positive "
+                             "semi-definite matrix has a non-negative diagonal: this is not a kernel "
+                             "(Gram) matrix")
+
+    def _unregularised(self, eigenvalues: torch.Tensor) -> torch.Tensor:
+        return eigenvalues - (self.ridge + self.jitter)
+
+    def _check_psd(self, eigenvalues: torch.Tensor) -> None:
+        """Reject eigenvalues of the user's matrix (before ridge) below -PSD_RTOL * lambda_max."""
+        w = self._unregularised(eigenvalues)
+        lo, hi = float(w.min()), float(w.max())
+        if lo < -PSD_RTOL * max(hi, 0.0):
+            raise ValueError(
+                f"{self.name}: is not positive semi-definite: smallest eigenvalue {lo:.6g}, largest "
+                f"{hi:.6g} (eigenvalues below {-PSD_RTOL:g} * largest are rejected); a kernel must "
+                "be a Gram matrix: check how it was computed (and compute it in float64)")
+
+    def _singular_error(self) -> ValueError:
+        """Describe why the Cholesky factorisation failed; raises instead if the matrix is not PSD."""
+        w = _eigvalsh(self.matrix)
+        self._check_psd(w)
+        lo, hi = float(w[0]), float(w[-1])
+        cond = hi / lo if lo > 0 else math.inf
+        # A useful ridge clears the round-off of the largest eigenvalue and brings the condition
+        # number below COND_WARN.
+        needed = max(max(-lo, 0.0) + self.n * np.finfo(np.float64).eps * hi, hi / COND_WARN)
+        suggestion = 10.0 ** math.ceil(math.log10(needed / self.mean_diagonal)) \
+            if self.mean_diagonal > 0 else None
+        hint = (f"pass diag_reg={suggestion:g} (a ridge of {suggestion:g} x mean diagonal) "
+                if suggestion else "pass diag_reg with reg='absolute' ")
+        return ValueError(
+            f"{self.name}: is numerically singular, the Cholesky factorisation failed: smallest "
+            f"eigenvalue {lo:.3g}, largest {hi:.3g}, condition number {cond:.3g}. Duplicate inputs, "
+            f"1-D inputs without biases, or more inputs than features make kernels singular. {hint}"
+            "to add an explicit ridge, or jitter='auto' to add the smallest jitter that works")
+
+    # ----------------------------------------------------------------- factorisations
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.n)
+
+    def cholesky(self) -> torch.Tensor:
+        """Lower Cholesky factor L (``matrix = L L^T``), computed once."""
+        if self._chol is None:
+            L, info = torch.linalg.cholesky_ex(self.matrix)
+            if int(info) != 0:
+                if self._jitter_mode != "auto":
+                    raise self._singular_error()
+                L = self._cholesky_with_jitter()
+            self._chol = L
+            self._warn_if_ill_conditioned(self._condition_estimate(), "LAPACK estimate")
+        return self._chol
+
+    def _cholesky_with_jitter(self) -> torch.Tensor:
+        """Smallest jitter on JITTER_GRID (x mean diagonal) for which Cholesky succeeds.
+
+        Bisection over the grid, restoring the exact diagonal after each failed try.
+        """
+        scale = self.mean_diagonal if self.mean_diagonal > 0 else 1.0
+        diag = self.matrix.diagonal()
+        original = diag.clone()
+        lo, hi, found = 0, len(JITTER_GRID) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            diag.copy_(original + JITTER_GRID[mid] * scale)
+            L, info = torch.linalg.cholesky_ex(self.matrix)
+            if int(info) == 0:
+                found, hi = (mid, L), mid - 1
+            else:
+                lo = mid + 1
+        if found is None:
+            diag.copy_(original)
+            raise self._singular_error()
+        index, L = found
+        diag.copy_(original + JITTER_GRID[index] * scale)
+        self.jitter = JITTER_GRID[index] * scale
+        if JITTER_GRID[index] > PSD_RTOL:
+            # The jitter is too large to certify that the matrix was PSD within tolerance.
+            self._check_psd(_eigvalsh(self.matrix))
+        if self._eig is not None:
+            self._eig = (self._eig[0] + self.jitter, self._eig[1])
+        warnings.warn(
+            f"{self.name}: is numerically singular (Cholesky failed); jitter='auto' added "
+            f"{self.jitter:.3g} (= {JITTER_GRID[index]:g} x mean diagonal {scale:.3g}) to the "
+            f"diagonal, the smallest of 1e-12..1e-1 x mean diagonal that works. Results are those "
+            f"of {self.name} + {self.jitter:.3g} I; pass diag_reg={JITTER_GRID[index]:g} to make "
+            "this ridge explicit", JitterWarning, stacklevel=4)
+        return L
+
+    def _condition_estimate(self) -> float:
+        """1-norm condition number estimated by LAPACK ``pocon`` from the Cholesky factor, O(n^2)."""
+        a = self.matrix.cpu().numpy()
+        anorm = float(np.abs(a).sum(axis=0).max())
+        # C-ordered L is the Fortran-ordered upper factor U = L^T: no copy.
+        rcond, info = scipy.linalg.lapack.dpocon(self._chol.cpu().numpy().T, anorm, uplo="U")
+        return math.inf if rcond == 0 else 1.0 / rcond
+
+    def _warn_if_ill_conditioned(self, cond: float, how: str) -> None:
+        if cond > COND_WARN and not self._warned_condition:
+            self._warned_condition = True
+            digits = min(16, int(math.log10(cond))) if math.isfinite(cond) else 16
+            warnings.warn(
+                f"{self.name}: is ill-conditioned: condition number {cond:.3g} ({how}); solves with "
+                f"it lose about {digits} of 16 significant digits. An explicit ridge (diag_reg, "
+                "relative to the mean diagonal) improves the conditioning",
+                IllConditionedWarning, stacklevel=4)
+
+    def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues (ascending, clipped at 0) and orthonormal eigenvectors (columns), computed once.
+
+        Negative eigenvalues of the matrix before the ridge below ``-1e-8 * lambda_max`` raise a
+        ``ValueError``; the round-off negatives that remain are clipped to 0 (MATH.md section 4).
+        """
+        if self._eig is None:
+            w, v = _eigh(self.matrix)
+            self._check_psd(w)
+            self._eig = (w.clamp(min=0.0), v)
+        return self._eig
+
+    def condition_number(self) -> float:
+        """lambda_max / lambda_min: exact if ``eigh()`` has run, else the LAPACK estimate from Cholesky."""
+        if self._eig is not None:
+            w = self._eig[0]
+            return float(w[-1] / w[0]) if w[0] > 0 else math.inf
+        self.cholesky()
+        return self._condition_estimate()
+
+    # ----------------------------------------------------------------- operations
+    def _as_rhs(self, b, name: str) -> torch.Tensor:
+        t = to_tensor(b, name, device=self.matrix.device)
+        if t.ndim not in (1, 2) or t.shape[0] != self.n:
+            raise ValueError(f"{name}: expected shape ({self.n},) or ({self.n}, k) to match the "
+                             f"{self.n} x {self.n} {self.name}, got {tuple(t.shape)}")
+        return check_finite(t, name)
+
+    def matvec(self, v) -> torch.Tensor:
+        """``matrix @ v`` for v of shape (n,) or (n, k)."""
+        return self.matrix @ self._as_rhs(v, "v")
+
+    def solve(self, b) -> torch.Tensor:
+        """``matrix^{-1} b`` by a Cholesky solve (never an explicit inverse); b (n,) or (n, k)."""
+        rhs = self._as_rhs(b, "b")
+        x = torch.cholesky_solve(rhs.reshape(self.n, -1), self.cholesky())
+        return x.reshape(rhs.shape)
+
+    def logdet(self) -> float:
+        """``log det(matrix) = 2 sum_i log L_ii``."""
+        return float(2.0 * torch.log(self.cholesky().diagonal()).sum())
+
+    def quad_form(self, y) -> float:
+        """``sum_j y_j^T matrix^{-1} y_j`` over the columns of y (n,) or (n, k): ``||L^{-1} y||^2``."""
+        rhs = self._as_rhs(y, "y").reshape(self.n, -1)
+        z = torch.linalg.solve_triangular(self.cholesky(), rhs, upper=False)
+        return float((z * z).sum())
+
+    def apply_function(self, f: Callable[[torch.Tensor], torch.Tensor], b) -> torch.Tensor:
+        """``V f(Lambda) V^T b`` from the cached eigendecomposition (eigenvalues clipped at 0).
+
+        ``f`` maps the (n,) eigenvalues to an array of shape (..., n) (e.g. one row per time); the
+        result then has shape (..., n) for b of shape (n,), or (..., n, k) for b of shape (n, k).
+        """
+        rhs = self._as_rhs(b, "b")
+        w, v = self.eigh()
+        fw = f(w)
+        coeffs = v.T @ rhs.reshape(self.n, -1)                       # (n, k)
+        out = v @ (fw[..., :, None] * coeffs)                        # (..., n, k)
+        return out if rhs.ndim == 2 else out[..., 0]
+
+    def __repr__(self) -> str:
+        done = [s for s, c in (("cholesky", self._chol), ("eigh", self._eig)) if c is not None]
+        return (f"SymmetricPSD({self.name!r}, n={self.n}, ridge={self.ridge:.3g}, "
+                f"jitter={self.jitter:.3g}, factorised={done})")
