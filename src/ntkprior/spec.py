@@ -1,0 +1,165 @@
+"""The one-line architecture grammar, and architecture files (YAML/JSON).
+
+A spec is a sequence of layers separated by spaces (or ``->``)::
+
+    dense(512, weight_std=1.5, bias_std=0.05) relu dense(512, weight_std=1.5) relu dense(1)
+
+Each layer is a name, optionally followed by arguments in parentheses written as in
+Python (numbers, strings, ``None``). A block may be repeated: ``[dense(512) relu]*3``.
+Layer names: see :data:`LAYERS`. ``str(arch)`` gives back a spec that parses to the
+same architecture.
+
+A file (``.yaml``, ``.yml``, ``.json``) holds either a spec string, a list of layers, or
+a mapping with a ``layers`` list; each layer is a spec string (``"dense(512)"``) or a
+mapping ``{dense: {out_features: 512, weight_std: 1.5}}`` / ``{type: dense, out_features: 512}``.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import re
+from pathlib import Path
+
+from . import layers as L
+
+#: spec name -> layer class
+LAYERS = {
+    "dense": L.Dense, "relu": L.ReLU, "leaky_relu": L.LeakyReLU, "abs": L.Abs, "erf": L.Erf,
+    "identity": L.Identity, "gelu": L.Gelu, "tanh": L.Tanh, "sigmoid": L.Sigmoid,
+    "softplus": L.Softplus, "silu": L.SiLU, "sin": L.Sin,
+}
+_ALIASES = {"linear": "identity", "swish": "silu", "leakyrelu": "leaky_relu", "fc": "dense"}
+
+_TOKEN = re.compile(r"""
+    (?P<space>\s+|->)
+  | (?P<open>\[)
+  | (?P<close>\]\s*\*\s*(?P<times>\d+))
+  | (?P<layer>(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\((?P<args>[^()]*)\))?)
+""", re.VERBOSE)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read; the message points at the offending token."""
+
+
+def _fail(text: str, pos: int, length: int, why: str) -> SpecError:
+    caret = " " * pos + "^" * max(1, length)
+    return SpecError(f"arch: {why} at position {pos}:\n  {text}\n  {caret}")
+
+
+def parse_spec(text: str) -> L.Serial:
+    """Read a one-line architecture spec into an architecture."""
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError("arch: empty architecture spec; write e.g. \"dense(512) relu dense(1)\"")
+    stack: list[list] = [[]]
+    opened: list[int] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise _fail(text, pos, 1, f"unexpected character {text[pos]!r}")
+        if m.group("open"):
+            stack.append([])
+            opened.append(pos)
+        elif m.group("close"):
+            if len(stack) == 1:
+                raise _fail(text, pos, 1, "']' without a matching '['")
+            block = stack.pop()
+            opened.pop()
+            stack[-1].extend(block * int(m.group("times")))
+        elif m.group("layer"):
+            stack[-1].append(_make_layer(text, m))
+        pos = m.end()
+    if opened:
+        raise _fail(text, opened[-1], 1, "'[' is never closed with ']*N'")
+    return L.serial(stack[0]) if stack[0] else L.serial()
+
+
+def _make_layer(text: str, m: re.Match) -> L.Layer:
+    if m.group("args") is None and text[m.end():].lstrip().startswith("("):
+        paren = text.index("(", m.end())
+        raise _fail(text, paren, 1, "'(' is never closed (or holds nested parentheses)")
+    name = m.group("name").lower()
+    name = _ALIASES.get(name, name)
+    if name not in LAYERS:
+        raise _fail(text, m.start(), len(m.group("name")),
+                    f"unknown layer {m.group('name')!r} (known: {', '.join(sorted(LAYERS))})")
+    try:
+        call = ast.parse(f"f({m.group('args') or ''})", mode="eval").body
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError):
+        raise _fail(text, m.start(), m.end() - m.start(),
+                    "arguments must be Python literals such as 512, 1.5, None or 'standard'") from None
+    return _construct(name, args, kwargs, lambda why: _fail(text, m.start(), m.end() - m.start(), why))
+
+
+def _construct(name: str, args, kwargs, fail) -> L.Layer:
+    cls = LAYERS[name]
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as exc:
+        params = ", ".join(inspect.signature(cls).parameters)
+        raise fail(f"bad arguments for {name} ({exc}); {name} takes ({params})") from None
+    try:
+        return cls(*args, **kwargs)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def load_arch(spec) -> L.Serial:
+    """An architecture from a spec string, a path to a YAML/JSON file, or an architecture."""
+    if isinstance(spec, L.Serial):
+        return spec
+    if isinstance(spec, Path) or (isinstance(spec, str) and re.search(r"\.(ya?ml|json)\s*$", spec)):
+        return _load_file(Path(spec))
+    return parse_spec(spec)
+
+
+def _load_file(path: Path) -> L.Serial:
+    if not path.exists():
+        raise SpecError(f"arch: file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(text)
+        else:
+            import yaml
+            doc = yaml.safe_load(text)
+    except Exception as exc:
+        raise SpecError(f"arch: could not parse {str(path)!r}: {exc}") from None
+    if isinstance(doc, dict) and "layers" in doc:
+        doc = doc["layers"]
+    if isinstance(doc, str):
+        return parse_spec(doc)
+    if not isinstance(doc, list):
+        raise SpecError(f"arch: {str(path)!r} must hold a spec string, a list of layers, "
+                        "or a mapping with a 'layers' list")
+    return L.serial([_layer_from_entry(entry, i, path) for i, entry in enumerate(doc)])
+
+
+def _layer_from_entry(entry, i: int, path: Path) -> L.Layer:
+    where = f"arch: {str(path)!r}, layer {i}"
+    if isinstance(entry, str):
+        layers = parse_spec(entry).layers
+        if len(layers) != 1:
+            raise SpecError(f"{where}: {entry!r} holds {len(layers)} layers; write one per entry")
+        return layers[0]
+    if isinstance(entry, dict):
+        entry = dict(entry)
+        if "type" in entry:
+            name, kwargs = entry.pop("type"), entry
+        elif len(entry) == 1:
+            (name, kwargs), = entry.items()
+            kwargs = kwargs or {}
+        else:
+            raise SpecError(f"{where}: a mapping needs a 'type' key or a single layer name")
+        name = _ALIASES.get(str(name).lower(), str(name).lower())
+        if name not in LAYERS:
+            raise SpecError(f"{where}: unknown layer {name!r} (known: {', '.join(sorted(LAYERS))})")
+        if not isinstance(kwargs, dict):
+            kwargs = {"out_features": kwargs} if name == "dense" else {}
+        return _construct(name, [], kwargs, lambda why: SpecError(f"{where}: {why}"))
+    raise SpecError(f"{where}: expected a string or a mapping, got {entry!r}")

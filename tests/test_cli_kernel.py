@@ -1,0 +1,62 @@
+"""`ntkprior kernel`: files in, .npz out, exit code 2 and one message for bad input."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import ntkprior as ntp
+from ntkprior.cli import app
+
+SPEC = "dense(64, weight_std=1.5, bias_std=0.05) relu dense(1, weight_std=1.5, bias_std=0.05)"
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_kernel_command_writes_npz_matching_the_library(runner, tmp_path, rng):
+    x1, x2 = rng.standard_normal((6, 3)), rng.standard_normal((4, 3))
+    np.save(tmp_path / "x1.npy", x1)
+    np.savetxt(tmp_path / "x2.csv", x2, delimiter=",", header="a,b,c", comments="")
+    out = tmp_path / "K.npz"
+    result = runner.invoke(app, ["kernel", "--arch", SPEC, "--x1", str(tmp_path / "x1.npy"),
+                                 "--x2", str(tmp_path / "x2.csv"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with np.load(out) as z:
+        assert set(z.keys()) >= {"nngp", "ntk", "x1_shape", "x2_shape", "arch"}
+        expected = ntp.parse_spec(SPEC).kernel(x1, x2)
+        np.testing.assert_allclose(z["ntk"], expected.ntk.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(z["nngp"], expected.nngp.numpy(), rtol=1e-12)
+        assert tuple(z["x1_shape"]) == (6, 3) and tuple(z["x2_shape"]) == (4, 3)
+
+
+def test_kernel_command_reads_npz_and_yaml_and_diagonal(runner, tmp_path, rng):
+    x = rng.standard_normal((5, 2))
+    np.savez(tmp_path / "x.npz", x=x)
+    (tmp_path / "arch.yaml").write_text(f"{SPEC!r}\n".replace("'", '"'))
+    out = tmp_path / "d.npz"
+    result = runner.invoke(app, ["kernel", "--arch", str(tmp_path / "arch.yaml"), "--x1",
+                                 str(tmp_path / "x.npz"), "--diagonal", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with np.load(out) as z:
+        assert z["ntk"].shape == (5,)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "dense(3) rleu", "--x1", "X"], "unknown layer 'rleu'"),
+    (["--arch", SPEC, "--x1", "missing.npy"], "--x1: file 'missing.npy' does not exist"),
+    (["--arch", SPEC, "--x1", "X", "--x2", "BAD"], "x2: has 5 features but x1 has 3"),
+    (["--arch", SPEC, "--x1", "NAN"], "x1: contains 1 NaN"),
+])
+def test_kernel_command_bad_input_exits_2_with_a_message(runner, tmp_path, rng, args, message):
+    np.save(tmp_path / "X.npy", rng.standard_normal((4, 3)))
+    np.save(tmp_path / "BAD.npy", rng.standard_normal((4, 5)))
+    nan = rng.standard_normal((4, 3))
+    nan[1, 1] = np.nan
+    np.save(tmp_path / "NAN.npy", nan)
+    args = [str(tmp_path / f"{a}.npy") if a in ("X", "BAD", "NAN") else a for a in args]
+    result = runner.invoke(app, ["kernel", *args, "--out", str(tmp_path / "o.npz")])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
