@@ -1,0 +1,269 @@
+"""Structured derivatives for the empirical NTK: per-layer Gram products instead of Jacobians.
+
+For a layer ``z_t = s_w · W a_t + s_b · b`` applied at positions ``t`` (one position for a
+dense layer on a vector, the patches of a convolution, the tokens of a sequence), the
+gradient of an output f_c with respect to W for example i is ``s_w Σ_t g_ict a_itᵀ`` with
+``g_ict = ∂f_c(x_i)/∂z_it`` the backprop signal. Its NTK contribution therefore factorises:
+
+    Θ_W(x_i, x_j)_cd = s_w² Σ_{t,u} (a_it · a_ju) (g_ict · g_jdu)
+    Θ_b(x_i, x_j)_cd = s_b² Σ_{t,u}            (g_ict · g_jdu)
+
+(Novak, Sohl-Dickstein & Schoenholz 2022, "Fast finite width neural tangent kernel").
+Appending the constant ``s_b`` to ``s_w a_t`` folds the bias into the weight term, so each
+layer is one "augmented activation" tensor A (n, groups, T, I) and one signal tensor
+G (n, k, groups, T, O), collected with forward hooks in one forward pass and k backward
+passes of a data block. For a dense layer (T = 1) the term is (A Aᵀ) ⊙ (G Gᵀ).
+
+When T² (I + k O) exceeds k O I (convolutions with few channels) it is cheaper to form
+each example's weight gradient ``Σ_t g_t a_tᵀ`` (k·O·I numbers) and contract those: the
+"explicit" path. Either way no per-parameter Jacobian of the network is formed.
+
+Supported modules: ``nn.Linear`` (any leading shape), ``nn.Conv1d``, ``nn.Conv2d`` (any
+padding, padding mode, stride, dilation and groups), and any module with ``weight``,
+``bias``, ``weight_scale`` and ``bias_scale`` that computes
+``weight_scale · linear(x, weight) + bias_scale · bias`` (ntkprior's ``DenseModule``).
+Whether a module really behaves so inside the model (called through its forward, batch in
+the first dimension, parameters not used elsewhere) is verified per layer on a probe batch
+against torch.func Jacobians by the caller; modules that fail fall back to Jacobians.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OUTPUTS = ("trace", "mean", "full", "diagonal")
+
+
+@dataclass
+class Layer:
+    """A module handled by the structured path, and which of its parameters are differentiated."""
+
+    name: str
+    module: nn.Module
+    weight: str | None          # full parameter name, or None when the weight is held fixed
+    bias: str | None
+    weight_scale: float
+    bias_scale: float
+    explicit: bool = False      # contract per-example weight gradients instead of Gram products
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, (nn.Conv1d, nn.Conv2d))
+
+    @property
+    def groups(self) -> int:
+        return self.module.groups if self.is_conv else 1
+
+    def activations(self, calls: list[torch.Tensor]) -> torch.Tensor:
+        """Augmented layer inputs A (n, groups, T, I): ``[s_w a_t, s_b]`` for each position t."""
+        parts = [self._conv_patches(x) if self.is_conv else x.reshape(x.shape[0], 1, -1, x.shape[-1])
+                 for x in calls]
+        a = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        cols = []
+        if self.weight is not None:
+            cols.append(a * self.weight_scale if self.weight_scale != 1 else a)
+        if self.bias is not None:
+            cols.append(a.new_full((*a.shape[:3], 1), self.bias_scale))
+        return torch.cat(cols, dim=3) if len(cols) > 1 else cols[0]
+
+    def signals(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """Backprop signals (n, groups, T, O_group) from the gradients w.r.t. each call's output."""
+        parts = []
+        for g in grads:
+            if self.is_conv:
+                n, out = g.shape[:2]
+                g = g.reshape(n, self.groups, out // self.groups, -1).transpose(2, 3)
+            else:
+                g = g.reshape(g.shape[0], 1, -1, g.shape[-1])
+            parts.append(g)
+        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+    def _conv_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """im2col: (n, groups, positions, C_in/groups · kernel size), ordered as the weight is."""
+        m = self.module
+        conv1d = isinstance(m, nn.Conv1d)
+        pads = _conv_padding(m)
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        if any(pads):
+            x = F.pad(x, pads, mode=mode)
+        if conv1d:
+            x = x.unsqueeze(2)
+            kernel, dilation, stride = (1, *m.kernel_size), (1, *m.dilation), (1, *m.stride)
+        else:
+            kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
+        patches = F.unfold(x, kernel, dilation=dilation, stride=stride)      # (n, C·kernel, L)
+        n, ck, positions = patches.shape
+        return patches.reshape(n, self.groups, ck // self.groups, positions).transpose(2, 3)
+
+
+def _conv_padding(m: nn.Module) -> tuple[int, ...]:
+    """Padding of a Conv1d/2d in F.pad order (last spatial dimension first)."""
+    pads = []
+    for d in reversed(range(len(m.kernel_size))):
+        if m.padding == "valid":
+            left = right = 0
+        elif m.padding == "same":
+            total = m.dilation[d] * (m.kernel_size[d] - 1)
+            left, right = total // 2, total - total // 2
+        else:
+            left = right = m.padding[d]
+        pads += [left, right]
+    return tuple(pads)
+
+
+def _is_scaled_linear(m: nn.Module) -> bool:
+    w = getattr(m, "weight", None)
+    return (isinstance(w, torch.Tensor) and w.ndim == 2 and hasattr(m, "weight_scale")
+            and hasattr(m, "bias_scale"))
+
+
+def find_layers(model: nn.Module, diff_names) -> list[Layer]:
+    """Supported modules owning at least one differentiated parameter, not shared with another module."""
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+    diff_names = set(diff_names)
+    layers = []
+    for name, m in model.named_modules():
+        conv = isinstance(m, (nn.Conv1d, nn.Conv2d)) and not m.transposed
+        if not (conv or isinstance(m, nn.Linear) or _is_scaled_linear(m)):
+            continue
+        own = {k: p for k, p in m._parameters.items() if k in ("weight", "bias") and p is not None}
+        if set(m._parameters) - {"weight", "bias"} or any(owners[id(p)] > 1 for p in own.values()):
+            continue
+        prefix = f"{name}." if name else ""
+        weight = f"{prefix}weight" if "weight" in own and f"{prefix}weight" in diff_names else None
+        bias = f"{prefix}bias" if "bias" in own and f"{prefix}bias" in diff_names else None
+        if weight is None and bias is None:
+            continue
+        scaled = _is_scaled_linear(m) and not isinstance(m, nn.Linear)
+        layers.append(Layer(name, m, weight, bias,
+                            float(m.weight_scale) if scaled else 1.0,
+                            float(m.bias_scale) if scaled else 1.0))
+    return layers
+
+
+@contextmanager
+def recording(layers: list[Layer]):
+    """Forward hooks saving each layer's inputs and outputs per call (``calls[name]`` lists them).
+
+    The hook returns a copy of the output, so that an in-place operation downstream (ReLU with
+    inplace=True) cannot overwrite the tensor the backprop signal is taken with respect to.
+    """
+    calls: dict[str, list] = {layer.name: [] for layer in layers}
+
+    def hook_for(name):
+        def hook(module, args, kwargs, out):
+            calls[name].append((args[0] if args else next(iter(kwargs.values())), out))
+            return out.clone()
+        return hook
+
+    handles = [layer.module.register_forward_hook(hook_for(layer.name), with_kwargs=True)
+               for layer in layers]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class Features:
+    """What one data block contributes to kernel blocks: Gram-path pairs and flat per-example features.
+
+    ``grams``: (A (n, groups, T, I), G (n, k, groups, T, O)) per layer on the Gram path.
+    ``flats``: (n, k, D) per-example derivative features (explicit-path layers, Jacobians).
+    """
+
+    grams: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    flats: list[torch.Tensor] = field(default_factory=list)
+
+
+def layer_features(layers: list[Layer], calls: dict, grads_per_output: list[dict]) -> Features:
+    """Features of the structured layers from the recorded inputs and the k backward passes."""
+    feats = Features()
+    for layer in layers:
+        a = layer.activations([x for x, _ in calls[layer.name]])
+        g = torch.stack([layer.signals(grads[layer.name]) for grads in grads_per_output], dim=1)
+        if layer.explicit:
+            feats.flats.append(torch.einsum("ncgto,ngti->ncgoi", g, a).reshape(a.shape[0], g.shape[1], -1))
+        else:
+            feats.grams.append((a, g))
+    return feats
+
+
+def choose_paths(layers: list[Layer], shapes: dict[str, tuple[int, int, int, int]], k: int) -> None:
+    """Per layer, the cheaper contraction per pair of examples: Gram products or explicit gradients.
+
+    ``shapes[name] = (groups, T, I, O)``. Gram: groups·T²·(I + k·O + 1) multiply-adds per pair;
+    explicit: k·groups·O·I. (Forming the explicit gradients costs k·groups·T·O·I per example,
+    paid once per example, not per pair.)
+    """
+    for layer in layers:
+        groups, t, i, o = shapes[layer.name]
+        layer.explicit = k * groups * o * i < groups * t * t * (i + k * o + 1)
+
+
+def kernel_block(f1: Features, f2: Features, output: str) -> torch.Tensor:
+    """Θ block (b1, b2) summed over outputs ("trace"), or (b1, b2, k, k) for "full"."""
+    total = None
+    for (a1, g1), (a2, g2) in zip(f1.grams, f2.grams):
+        total = _accumulate(total, _gram_term(a1, g1, a2, g2, output))
+    for j1, j2 in zip(f1.flats, f2.flats):
+        total = _accumulate(total, _flat_term(j1, j2, output))
+    return total
+
+
+def kernel_diagonal(f: Features) -> torch.Tensor:
+    """Θ(x_i, x_i) summed over outputs, shape (b,)."""
+    total = None
+    for a, g in f.grams:
+        n, groups, t, i = a.shape
+        a = a.reshape(n * groups, t, i)
+        g = g.permute(0, 2, 3, 1, 4).reshape(n * groups, t, -1)
+        term = (a @ a.transpose(1, 2)).mul_(g @ g.transpose(1, 2)).reshape(n, -1).sum(1)
+        total = _accumulate(total, term)
+    for j in f.flats:
+        total = _accumulate(total, j.reshape(j.shape[0], -1).pow(2).sum(1))
+    return total
+
+
+def _accumulate(total, term):
+    return term if total is None else total.add_(term)
+
+
+def _flat_term(j1: torch.Tensor, j2: torch.Tensor, output: str) -> torch.Tensor:
+    b1, k, d = j1.shape
+    b2 = j2.shape[0]
+    if output == "full":
+        return (j1.reshape(b1 * k, d) @ j2.reshape(b2 * k, d).T).reshape(b1, k, b2, k).permute(0, 2, 1, 3)
+    return j1.reshape(b1, k * d) @ j2.reshape(b2, k * d).T
+
+
+def _gram_term(a1, g1, a2, g2, output: str) -> torch.Tensor:
+    """Σ_{t,u} (a_it · a_ju)(g_ict · g_jdu), summed over groups; traced over c = d unless "full"."""
+    b1, groups, t1, _ = a1.shape
+    b2, k, _, t2, o = g2.shape
+    aa = a1.transpose(0, 1).reshape(groups, b1 * t1, -1) @ a2.transpose(0, 1).reshape(groups, b2 * t2, -1).transpose(1, 2)
+    if output == "full":
+        gg = (g1.permute(2, 0, 3, 1, 4).reshape(groups, b1 * t1 * k, o)
+              @ g2.permute(2, 0, 3, 1, 4).reshape(groups, b2 * t2 * k, o).transpose(1, 2))
+        prod = gg.reshape(groups, b1, t1, k, b2, t2, k).mul_(aa.reshape(groups, b1, t1, 1, b2, t2, 1))
+        return prod.sum(dim=(0, 2, 5)).permute(0, 2, 1, 3) if groups * t1 * t2 > 1 else prod.reshape(b1, k, b2, k).permute(0, 2, 1, 3)
+    gg = (g1.permute(2, 0, 3, 1, 4).reshape(groups, b1 * t1, k * o)
+          @ g2.permute(2, 0, 3, 1, 4).reshape(groups, b2 * t2, k * o).transpose(1, 2))
+    prod = aa.mul_(gg)
+    if groups * t1 * t2 == 1:
+        return prod.reshape(b1, b2)
+    return prod.reshape(groups, b1, t1, b2, t2).sum(dim=(0, 2, 4))
