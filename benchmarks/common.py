@@ -1,0 +1,67 @@
+"""Shared pieces of the benchmark scripts: timing, peak memory, and the neural-tangents baseline.
+
+The baseline runs as a subprocess with the Python of a separate venv (see
+../shared/baselines/README.md); when that venv is absent, benchmarks say so and report
+ntkprior's own figures alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+NT_PYTHON = Path(os.environ.get("NTKPRIOR_NT_PYTHON", "/opt/ntvenv/bin/python"))
+NT_BASELINE = Path(os.environ.get("NTKPRIOR_NT_BASELINE", REPO.parent / "shared" / "baselines" / "nt_baseline.py"))
+
+
+def timed(fn, repeats: int = 3) -> dict:
+    """Run ``fn`` once as warm-up, then ``repeats`` times; return first / median / min seconds."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"first_s": first, "median_s": statistics.median(times), "min_s": min(times)}
+
+
+def current_rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss() -> int:
+    """The process's peak resident memory so far, in bytes (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def neural_tangents(*args: str, timeout: float = 900) -> dict | None:
+    """Run the neural-tangents baseline script with ``args``; None (and a note) when unavailable."""
+    if not NT_PYTHON.exists() or not NT_BASELINE.exists():
+        print(f"  [neural-tangents baseline skipped: {NT_PYTHON} or {NT_BASELINE} not found; "
+              "build it with ../shared/baselines/make-nt-venv.sh]")
+        return None
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([str(NT_PYTHON), str(NT_BASELINE), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        print(f"  [neural-tangents baseline failed: {proc.stderr.strip()[-300:]}]")
+        return None
+    return json.loads(lines[-1])
+
+
+def run_isolated(script: Path, *args: str) -> dict:
+    """Run ``script`` with ``args`` in a fresh Python process (clean peak memory); parse its JSON line."""
+    import sys
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
