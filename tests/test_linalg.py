@@ -7,7 +7,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from ntkprior.linalg import (COND_WARN, IllConditionedWarning, JitterWarning, SymmetricPSD)
+from ntkprior.linalg import (COND_WARN, IllConditionedWarning, JitterWarning, SymmetricPSD,
+                             as_symmetric_psd, fix_signs)
 
 
 def random_spd(rng, n=30, rank=None, scale=1.0):
@@ -177,3 +178,40 @@ def test_ill_conditioned_matrix_warns_with_condition_number(rng):
         s.cholesky()
     # LAPACK's 1-norm estimate is within a factor n of the 2-norm condition number 1e12
     assert 1e11 < s.condition_number() < 1e13
+
+
+# --------------------------------------------------------------------------- helpers
+def test_whiten_gives_the_quadratic_form(rng):
+    h = random_spd(rng)
+    b = rng.normal(size=(30, 2))
+    s = SymmetricPSD(h)
+    z = s.whiten(b).numpy()
+    np.testing.assert_allclose(z.T @ z, b.T @ np.linalg.solve(h, b), rtol=1e-10)
+    np.testing.assert_allclose(s.cholesky().numpy() @ z, b, atol=1e-12)
+
+
+def test_fix_signs_largest_entry_positive_first_of_ties_decides():
+    v = torch.tensor([[0.1, -0.5, 0.5], [-0.9, 0.5, -0.5], [0.2, 0.1, 0.0]])
+    out = fix_signs(v.clone())
+    assert out[:, 0].tolist() == pytest.approx([-0.1, 0.9, -0.2])    # largest |entry| made positive
+    assert out[:, 1].tolist() == pytest.approx([0.5, -0.5, -0.1])    # tie: the first one decides
+    assert out[:, 2].tolist() == pytest.approx([0.5, -0.5, 0.0])
+    w, vecs = SymmetricPSD(random_spd(np.random.default_rng(1))).eigh()
+    top = vecs.abs().argmax(dim=0)
+    assert torch.all(vecs[top, torch.arange(30)] > 0)
+
+
+def test_as_symmetric_psd_reuses_instances_and_refuses_a_second_ridge(rng):
+    s = SymmetricPSD(random_spd(rng), diag_reg=0.1)
+    assert as_symmetric_psd(s) is s
+    with pytest.raises(ValueError, match="already a SymmetricPSD with ridge"):
+        as_symmetric_psd(s, diag_reg=0.2)
+    assert isinstance(as_symmetric_psd(np.eye(3)), SymmetricPSD)
+    assert s.diagonal_shift == s.ridge
+
+
+def test_warnings_point_at_the_callers_line(rng):
+    h = matrix_with_spectrum(rng, np.logspace(-12, 0, 10))
+    with pytest.warns(IllConditionedWarning) as record:
+        SymmetricPSD(h).solve(np.ones(10))
+    assert record[0].filename == __file__

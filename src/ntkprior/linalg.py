@@ -20,6 +20,8 @@ The matrix-free protocol used by the rest of the package is ``.shape``, ``.matve
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Callable
 
@@ -29,7 +31,8 @@ import torch
 
 from ntkprior.data import check_finite, to_tensor
 
-__all__ = ["SymmetricPSD", "IllConditionedWarning", "JitterWarning", "PSD_RTOL", "COND_WARN"]
+__all__ = ["SymmetricPSD", "as_symmetric_psd", "check_symmetric", "fix_signs", "IllConditionedWarning",
+           "JitterWarning", "PSD_RTOL", "COND_WARN"]
 
 #: Eigenvalues below ``-PSD_RTOL * lambda_max`` mean the matrix is not positive semi-definite.
 PSD_RTOL = 1e-8
@@ -48,7 +51,7 @@ class JitterWarning(UserWarning):
     """``jitter="auto"`` added a multiple of the identity to a numerically singular matrix."""
 
 
-def _symmetry_rtol(matrix) -> float:
+def symmetry_rtol(matrix) -> float:
     """Asymmetry tolerated relative to the largest entry: 1e-10 for float64 input, 1e-4 otherwise.
 
     Kernels assembled blockwise in float64 are symmetric to ~1e-14; float32 arithmetic (e.g. an
@@ -66,6 +69,43 @@ def _max_asymmetry(m: torch.Tensor) -> float:
         j = min(i + _ROW_BLOCK, m.shape[0])
         worst = max(worst, float((m[i:j] - m[:, i:j].T).abs().max()))
     return worst
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` that points at the first caller outside ntkprior."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def check_symmetric(m: torch.Tensor, name: str, rtol: float = 1e-10) -> None:
+    """Raise unless ``max |M - M^T| <= rtol * max |M|`` (reported with the numbers)."""
+    scale = float(m.abs().max())
+    asym = _max_asymmetry(m)
+    if asym > rtol * scale:
+        raise ValueError(
+            f"{name}: is not symmetric: max |M - M^T| = {asym:.3g}, which is "
+            f"{asym / scale:.3g} of the largest entry {scale:.3g} (tolerance {rtol:g}); "
+            "a kernel matrix K(x, x) must be symmetric: check how it was computed, "
+            "or symmetrise it with (M + M.T) / 2 if the asymmetry is round-off")
+
+
+def fix_signs(vectors: torch.Tensor) -> torch.Tensor:
+    """Fix the sign of each column in place so that plots are reproducible, and return it.
+
+    Convention: the entry of largest magnitude is positive; among entries within a relative 1e-6
+    of that magnitude (ties, e.g. in Fourier modes) the first one decides.
+    """
+    if vectors.numel() == 0:
+        return vectors
+    mag = vectors.abs()
+    reaches = mag >= (1 - 1e-6) * mag.max(dim=0).values
+    first = reaches.to(torch.int8).argmax(dim=0)
+    signs = torch.sign(vectors[first, torch.arange(vectors.shape[1])])
+    signs[signs == 0] = 1.0
+    return vectors.mul_(signs)
 
 
 def _eigvalsh(m: torch.Tensor) -> torch.Tensor:
@@ -139,7 +179,7 @@ class SymmetricPSD:
             raise ValueError(f"{name}: is empty; pass a kernel matrix of at least one input")
         check_finite(m, name)
         self.name = name
-        self._check_symmetric(m, _symmetry_rtol(matrix))
+        check_symmetric(m, name, symmetry_rtol(matrix))
         m = (m + m.T) / 2
         self._check_diagonal(m)
         self.mean_diagonal = float(m.diagonal().mean())
@@ -157,16 +197,6 @@ class SymmetricPSD:
         self._warned_condition = False
 
     # ----------------------------------------------------------------- validation
-    def _check_symmetric(self, m: torch.Tensor, rtol: float) -> None:
-        scale = float(m.abs().max())
-        asym = _max_asymmetry(m)
-        if asym > rtol * scale:
-            raise ValueError(
-                f"{self.name}: is not symmetric: max |M - M^T| = {asym:.3g}, which is "
-                f"{asym / scale:.3g} of the largest entry {scale:.3g} (tolerance {rtol:g}); "
-                "a kernel matrix K(x, x) must be symmetric: check how it was computed, "
-                "or symmetrise it with (M + M.T) / 2 if the asymmetry is round-off")
-
     def _check_diagonal(self, m: torch.Tensor) -> None:
         d = m.diagonal()
         lo = float(d.min())
@@ -177,7 +207,7 @@ class SymmetricPSD:
                              "(Gram) matrix")
 
     def _unregularised(self, eigenvalues: torch.Tensor) -> torch.Tensor:
-        return eigenvalues - (self.ridge + self.jitter)
+        return eigenvalues - self.diagonal_shift
 
     def _check_psd(self, eigenvalues: torch.Tensor) -> None:
         """Reject eigenvalues of the user's matrix (before ridge) below -PSD_RTOL * lambda_max."""
@@ -212,6 +242,11 @@ class SymmetricPSD:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.n, self.n)
+
+    @property
+    def diagonal_shift(self) -> float:
+        """Everything added to the caller's diagonal: ``ridge + jitter``."""
+        return self.ridge + self.jitter
 
     def cholesky(self) -> torch.Tensor:
         """Lower Cholesky factor L (``matrix = L L^T``), computed once."""
@@ -258,7 +293,7 @@ class SymmetricPSD:
             f"{self.jitter:.3g} (= {JITTER_GRID[index]:g} x mean diagonal {scale:.3g}) to the "
             f"diagonal, the smallest of 1e-12..1e-1 x mean diagonal that works. Results are those "
             f"of {self.name} + {self.jitter:.3g} I; pass diag_reg={JITTER_GRID[index]:g} to make "
-            "this ridge explicit", JitterWarning, stacklevel=4)
+            "this ridge explicit", JitterWarning, stacklevel=user_stacklevel())
         return L
 
     def _condition_estimate(self) -> float:
@@ -277,18 +312,19 @@ class SymmetricPSD:
                 f"{self.name}: is ill-conditioned: condition number {cond:.3g} ({how}); solves with "
                 f"it lose about {digits} of 16 significant digits. An explicit ridge (diag_reg, "
                 "relative to the mean diagonal) improves the conditioning",
-                IllConditionedWarning, stacklevel=4)
+                IllConditionedWarning, stacklevel=user_stacklevel())
 
     def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenvalues (ascending, clipped at 0) and orthonormal eigenvectors (columns), computed once.
 
         Negative eigenvalues of the matrix before the ridge below ``-1e-8 * lambda_max`` raise a
         ``ValueError``; the round-off negatives that remain are clipped to 0 (MATH.md section 4).
+        Eigenvector signs follow :func:`fix_signs` (largest-magnitude entry positive).
         """
         if self._eig is None:
             w, v = _eigh(self.matrix)
             self._check_psd(w)
-            self._eig = (w.clamp(min=0.0), v)
+            self._eig = (w.clamp(min=0.0), fix_signs(v))
         return self._eig
 
     def condition_number(self) -> float:
@@ -321,10 +357,15 @@ class SymmetricPSD:
         """``log det(matrix) = 2 sum_i log L_ii``."""
         return float(2.0 * torch.log(self.cholesky().diagonal()).sum())
 
+    def whiten(self, b) -> torch.Tensor:
+        """``L^{-1} b`` (so that ``(L^{-1} b)^T (L^{-1} b) = b^T matrix^{-1} b``); b (n,) or (n, k)."""
+        rhs = self._as_rhs(b, "b")
+        z = torch.linalg.solve_triangular(self.cholesky(), rhs.reshape(self.n, -1), upper=False)
+        return z.reshape(rhs.shape)
+
     def quad_form(self, y) -> float:
         """``sum_j y_j^T matrix^{-1} y_j`` over the columns of y (n,) or (n, k): ``||L^{-1} y||^2``."""
-        rhs = self._as_rhs(y, "y").reshape(self.n, -1)
-        z = torch.linalg.solve_triangular(self.cholesky(), rhs, upper=False)
+        z = self.whiten(y)
         return float((z * z).sum())
 
     def apply_function(self, f: Callable[[torch.Tensor], torch.Tensor], b) -> torch.Tensor:
@@ -344,3 +385,18 @@ class SymmetricPSD:
         done = [s for s, c in (("cholesky", self._chol), ("eigh", self._eig)) if c is not None]
         return (f"SymmetricPSD({self.name!r}, n={self.n}, ridge={self.ridge:.3g}, "
                 f"jitter={self.jitter:.3g}, factorised={done})")
+
+
+def as_symmetric_psd(matrix, name: str = "kernel", *, diag_reg: float = 0.0, reg: str = "relative",
+                     jitter: str | None = None) -> SymmetricPSD:
+    """``matrix`` as a :class:`SymmetricPSD`; one that already is one is reused with its factorisations.
+
+    Reusing a ``SymmetricPSD`` keeps its own ridge: passing ``diag_reg`` or ``jitter`` as well is an error.
+    """
+    if isinstance(matrix, SymmetricPSD):
+        if diag_reg or jitter is not None:
+            raise ValueError(f"diag_reg: {name} is already a SymmetricPSD with ridge {matrix.ridge:g} "
+                             "and its own jitter setting; create it with the ridge you want instead "
+                             "of passing diag_reg / jitter again")
+        return matrix
+    return SymmetricPSD(matrix, name, diag_reg=diag_reg, reg=reg, jitter=jitter)

@@ -1,0 +1,613 @@
+"""The kernel as a prior over labelings: log-probabilities, eigenmodes, candidates, posteriors.
+
+MATH.md sections 3-4. A kernel H on inputs X defines the Gaussian prior ``Y ~ N(0, H)`` over the
+labelings of X (one independent column per output). Its log-density
+
+    log p(Y) = -1/2 Y^T H^-1 Y - 1/2 log det H - (n/2) log 2 pi,      H = V diag(lambda) V^T,
+    Y^T H^-1 Y = sum_i (v_i . Y)^2 / lambda_i                         (squared RKHS norm)
+
+says how surprising a labeling is to the network's prior, and which eigenmodes carry the surprise.
+``N(0, K)`` with the NNGP K is the distribution of randomly initialised networks; ``N(0, Theta)``
+with the NTK is the NTK-GP prior (He, Lakshminarayanan & Teh 2020), not that of any random network.
+
+All solves use one Cholesky factorisation per kernel and all matrix functions one
+eigendecomposition, cached in :class:`ntkprior.linalg.SymmetricPSD` and reused by every call.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ntkprior.data import as_labels, to_tensor
+from ntkprior.linalg import SymmetricPSD, as_symmetric_psd, user_stacklevel
+from ntkprior.sources import KernelBlocks, check_kernel_name, resolve_kernels
+
+__all__ = ["KernelPrior", "ModeTable", "rank_candidates", "CandidateRanking", "CandidateScore",
+           "predict", "Posterior", "KINDS", "LearningRateWarning"]
+
+LOG_2PI = math.log(2 * math.pi)
+
+#: predict(kind=...) -> the kernels it needs; the first one is inverted on the training set.
+KINDS = {"nngp": ("nngp",), "ntkgp": ("ntk",), "ntk": ("ntk",),
+         "gd-ensemble": ("ntk", "nngp"), "readout": ("nngp",)}
+_TIMED_KINDS = ("ntk", "gd-ensemble", "readout")
+
+
+class LearningRateWarning(UserWarning):
+    """Discrete gradient descent at this learning rate would diverge; the prediction is gradient flow."""
+
+
+def _gaussian_log_prob(psd: SymmetricPSD, y: torch.Tensor) -> float:
+    """``log N(y; 0, M)`` summed over the columns of y (n, k)."""
+    n, k = y.shape
+    return -0.5 * (psd.quad_form(y) + k * psd.logdet() + n * k * LOG_2PI)
+
+
+def _format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(headers)] + [line(r) for r in rows])
+
+
+# ================================================================================== the prior
+@dataclass(frozen=True)
+class ModeTable:
+    """A labeling's squared RKHS norm broken down by eigenmode of the kernel (largest first).
+
+    Attributes
+    ----------
+    eigenvalue : (n,) descending
+    projection : (n,) or (n, k)
+        ``v_i . y`` per output column, with the eigenvector signs of
+        :func:`ntkprior.linalg.fix_signs` (largest-magnitude entry positive).
+    contribution : (n,)
+        ``sum_j (v_i . y_j)^2 / lambda_i``; these sum to ``y^T H^-1 y`` (:attr:`total`).
+    cumulative_share : (n,)
+        Share of the total carried by modes 0..i.
+    """
+
+    eigenvalue: torch.Tensor
+    projection: torch.Tensor
+    contribution: torch.Tensor
+    cumulative_share: torch.Tensor
+
+    @property
+    def total(self) -> float:
+        """``y^T H^-1 y`` summed over modes."""
+        return float(self.contribution.sum())
+
+    def __len__(self) -> int:
+        return self.eigenvalue.shape[0]
+
+    def to_text(self, max_rows: int = 10) -> str:
+        proj = self.projection if self.projection.ndim == 1 else self.projection.norm(dim=1)
+        rows = [[str(i), f"{float(self.eigenvalue[i]):.4g}", f"{float(proj[i]):+.4g}",
+                 f"{float(self.contribution[i]):.4g}", f"{float(self.cumulative_share[i]):.1%}"]
+                for i in range(min(max_rows, len(self)))]
+        header = ["mode", "eigenvalue", "projection" if self.projection.ndim == 1 else "|projection|",
+                  "contribution", "cumulative"]
+        more = f"\n... {len(self) - max_rows} more modes" if len(self) > max_rows else ""
+        return (f"y^T H^-1 y = {self.total:.6g}, by eigenmode (largest eigenvalue first)\n"
+                + _format_table(header, rows) + more)
+
+    __str__ = to_text
+
+
+class KernelPrior:
+    """The Gaussian prior ``Y ~ N(0, H)`` that a kernel matrix puts on labelings of its inputs.
+
+    Parameters
+    ----------
+    H : (n, n) array, tensor or SymmetricPSD
+        Kernel matrix on the inputs (any PSD matrix).
+    diag_reg, reg, jitter :
+        Explicit ridge and singular-matrix policy, see :class:`ntkprior.linalg.SymmetricPSD`.
+        Nothing is added silently: a numerically singular H raises a ``ValueError``.
+    name : str
+        Used in messages.
+
+    Examples
+    --------
+    >>> prior = KernelPrior.from_arch(arch, x, kernel="ntk")            # doctest: +SKIP
+    >>> prior.log_prob(y), prior.rkhs_norm(y), print(prior.modes(y))   # doctest: +SKIP
+    """
+
+    def __init__(self, H, *, diag_reg: float = 0.0, reg: str = "relative", jitter: str | None = None,
+                 name: str = "H"):
+        self.psd = as_symmetric_psd(H, name, diag_reg=diag_reg, reg=reg, jitter=jitter)
+
+    @classmethod
+    def from_arch(cls, arch_or_kernel, x, kernel: str = "ntk", *, diag_reg: float = 0.0,
+                  reg: str = "relative", jitter: str | None = None, progress: bool = False):
+        """The prior of an architecture's infinite-width ``kernel`` ("ntk" or "nngp") on inputs x.
+
+        Any ``arch_or_kernel`` of :mod:`ntkprior.sources` is accepted (architecture, callable, ...).
+        """
+        check_kernel_name(kernel)
+        H = resolve_kernels(arch_or_kernel, progress=progress).matrix(kernel, x)
+        return cls(H, diag_reg=diag_reg, reg=reg, jitter=jitter, name=kernel.upper())
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, x, *, diag_reg: float = 0.0, reg: str = "relative",
+                   jitter: str | None = None):
+        """The prior of a finite network's empirical NTK ``J J^T`` at its current parameters."""
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}; "
+                             "use KernelPrior.from_arch for an architecture")
+        H = resolve_kernels(model).matrix("ntk", x)
+        return cls(H, diag_reg=diag_reg, reg=reg, jitter=jitter, name="empirical NTK")
+
+    @property
+    def n(self) -> int:
+        return self.psd.n
+
+    @property
+    def eigenvalues(self) -> torch.Tensor:
+        """Eigenvalues of H (with ridge), descending, clipped at 0."""
+        return self.psd.eigh()[0].flip(0)
+
+    def log_prob(self, y) -> float:
+        """``log N(y; 0, H)`` for y (n,) or (n, k), summed over the k output columns."""
+        return _gaussian_log_prob(self.psd, as_labels(y, self.n, "y"))
+
+    def rkhs_norm(self, y, *, squared: bool = True) -> float:
+        """``y^T H^-1 y`` (summed over columns): the squared RKHS norm, by default.
+
+        It is the smallest squared parameter distance the linearised network must travel to fit y
+        (MATH.md section 3). ``squared=False`` returns its square root, the norm itself.
+        """
+        q = self.psd.quad_form(as_labels(y, self.n, "y"))
+        return q if squared else math.sqrt(q)
+
+    def modes(self, y) -> ModeTable:
+        """Per eigenmode (largest eigenvalue first): eigenvalue, ``v_i . y``, ``(v_i . y)^2 / lambda_i``,
+        cumulative share of ``y^T H^-1 y``. Needs the eigendecomposition (computed once)."""
+        labels = as_labels(y, self.n, "y")
+        self.psd.cholesky()        # a singular H has no finite RKHS norm: raise the clear error
+        w, v = self.psd.eigh()
+        w, v = w.flip(0), v.flip(1)
+        proj = v.T @ labels                                             # (n, k)
+        contribution = (proj * proj).sum(dim=1) / w
+        cumulative = torch.cumsum(contribution, 0) / contribution.sum()
+        return ModeTable(w, proj[:, 0] if np.ndim(y) == 1 else proj,
+                         contribution, cumulative)
+
+    def __repr__(self) -> str:
+        return f"KernelPrior(n={self.n}, {self.psd!r})"
+
+
+# ================================================================================== candidates
+@dataclass(frozen=True)
+class CandidateScore:
+    """One candidate labeling y* of the test inputs, scored against the training labels Y."""
+
+    name: str
+    conditional_log_prob: float      #: log p(y* | Y) = log N(y*; mu*, Sigma*)
+    delta: float                     #: conditional_log_prob minus the best candidate's (<= 0)
+    joint_log_prob: float            #: log p(Y, y*) = log p(Y) + log p(y* | Y); see CandidateRanking
+    mahalanobis: float               #: (y* - mu*)^T Sigma*^-1 (y* - mu*), summed over outputs
+    residuals: torch.Tensor          #: (n*, k) standardised residuals (y* - mu*) / sigma*
+    mode_differences: tuple          #: ((mode, eigenvalue, nats), ...) vs the best candidate
+
+    @property
+    def max_abs_residual(self) -> float:
+        return float(self.residuals.abs().max())
+
+
+_JOINT_WARNING = (
+    "Rank by log p(y*|Y): every row scores the SAME test inputs X*, so these differences are\n"
+    "log-odds between the candidates. The joint log p(Y, y*) = log p(Y) + log p(y*|Y)\n"
+    "(.rows[i].joint_log_prob) is NOT comparable between different test inputs: its largest possible\n"
+    "value, -1/2 log det(2 pi Sigma*) = {peak:.4g} here, depends on X* (MATH.md section 3), so a\n"
+    "higher joint density elsewhere is not a more plausible generalisation. Across different test\n"
+    "inputs compare the Mahalanobis distances or the standardised residuals z = (y* - mu*)/sigma*.")
+
+
+@dataclass(frozen=True)
+class CandidateRanking:
+    """Candidate labelings of the same test inputs, best first (by conditional log-probability).
+
+    Why conditional and not joint densities: with ``[Y; y*] ~ N(0, Sigma)``,
+
+        log p(Y, y*) = log p(Y) + log N(y*; mu*, sigma*^2),
+        mu* = H*X H^-1 Y,   sigma*^2 = H** - H*X H^-1 HX*.
+
+    The y* maximising the joint density is the kernel-regression prediction mu*, and the peak height
+    ``-1/2 log 2 pi sigma*^2`` depends on the test input: joint densities at different test inputs are
+    not comparable. Within one ranking (one X*) ``log p(Y)`` is shared, so joint and conditional
+    differences coincide; the table shows only the conditional.
+    """
+
+    rows: tuple
+    kernel: str
+    n_train: int
+    n_test: int
+    marginal_log_prob: float          #: log p(Y), shared by every candidate
+    mean: torch.Tensor                #: mu* (n*, k)
+    cov: torch.Tensor                 #: Sigma* (n*, n*)
+    peak_log_prob: float              #: max over y* of log p(y* | Y) = -k/2 log det(2 pi Sigma*)
+    mode_eigenvalues: torch.Tensor | None   #: eigenvalues of the joint kernel on [X; X*], descending
+
+    @property
+    def best(self) -> CandidateScore:
+        return self.rows[0]
+
+    def __getitem__(self, name: str) -> CandidateScore:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no candidate named {name!r}; candidates: {[r.name for r in self.rows]}")
+
+    def to_text(self) -> str:
+        rows = []
+        for rank, r in enumerate(self.rows, 1):
+            modes = "; ".join(f"mode {i} (lambda={lam:.2g}): {nats:+.3g}"
+                              for i, lam, nats in r.mode_differences) or "-"
+            rows.append([str(rank), r.name, f"{r.conditional_log_prob:.4g}", f"{r.delta:+.4g}",
+                         f"{r.max_abs_residual:.3g}", f"{r.mahalanobis:.4g}", modes])
+        headers = ["rank", "candidate", "log p(y*|Y)", "vs best", "max|z|", "Mahalanobis^2",
+                   "modes making the difference (nats vs best)"]
+        title = (f"{len(self.rows)} candidate labelings of the same {self.n_test} test inputs under the "
+                 f"{self.kernel} prior, given {self.n_train} training labels; best first")
+        return "\n".join([title, _format_table(headers, rows),
+                          _JOINT_WARNING.format(peak=self.peak_log_prob)])
+
+    __str__ = to_text
+
+
+def _candidate_list(candidates, n_test: int, k: int) -> list[tuple[str, torch.Tensor]]:
+    """Named (n*, k) label arrays from a dict, a list, or an array (c, n*) / (c, n*, k)."""
+    if isinstance(candidates, dict):
+        items = list(candidates.items())
+    elif isinstance(candidates, (list, tuple)):
+        items = [(f"candidate {i}", c) for i, c in enumerate(candidates)]
+    else:
+        arr = to_tensor(candidates, "candidates")
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"candidates: expected shape (n_candidates, {n_test}) or "
+                             f"(n_candidates, {n_test}, {k}), or a dict / list of labelings; "
+                             f"got shape {tuple(arr.shape)}")
+        items = [(f"candidate {i}", arr[i]) for i in range(arr.shape[0])]
+    if not items:
+        raise ValueError("candidates: is empty; pass at least one candidate labeling of x_test")
+    out = []
+    for name, value in items:
+        label = f"candidates[{name!r}]"
+        y = as_labels(value, n_test, label)
+        if y.shape[1] != k:
+            raise ValueError(f"{label}: has {y.shape[1]} output columns but y_train has {k}")
+        out.append((str(name), y))
+    return out
+
+
+def _mode_contributions(psd: SymmetricPSD, z: torch.Tensor) -> torch.Tensor:
+    """``sum_j (v_i . z_j)^2 / lambda_i`` per eigenmode, largest eigenvalue first."""
+    w, v = psd.eigh()
+    proj = v.flip(1).T @ z
+    return (proj * proj).sum(dim=1) / w.flip(0)
+
+
+def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel: str = "ntk", *,
+                    diag_reg: float = 0.0, reg: str = "relative", jitter: str | None = None,
+                    top_modes: int = 3, progress: bool = False) -> CandidateRanking:
+    """Rank candidate labelings y* of the test inputs by ``log p(y* | x_test, X, Y)`` under a kernel prior.
+
+    Parameters
+    ----------
+    arch_or_kernel :
+        Architecture, callable, module or precomputed :class:`~ntkprior.sources.KernelBlocks` (which
+        then must hold ``test_train`` and a full ``test`` block).
+    x_train, y_train : (n, d), (n,) or (n, k)
+    x_test : (n*, d)
+    candidates : dict name -> labels, list of labels, or array (c, n*) / (c, n*, k)
+        Each candidate labels every test input, e.g. {"goes to the coin": ..., "goes to the old
+        place": ...}.
+    kernel : "ntk" (NTK-GP prior) or "nngp" (random-network prior)
+    diag_reg, reg, jitter : ridge on the train-train kernel (observation noise), see SymmetricPSD.
+    top_modes : int
+        How many eigenmodes of the joint kernel on [X; X*] to report per candidate: those that cost
+        it the most log-probability relative to the best candidate. 0 skips the
+        eigendecomposition (cubic in n + n*).
+
+    Returns
+    -------
+    CandidateRanking
+        Rows sorted by the conditional log-probability (best first), each with the joint
+        log-probability, the standardised residuals ``(y* - mu*)/sigma*`` and the mode differences.
+
+    Notes
+    -----
+    With ``[Y; y*] ~ N(0, Sigma)`` (MATH.md section 3)::
+
+        log p(Y, y*) = log p(Y) + log N(y*; mu*, Sigma*),
+        mu* = H*X H^-1 Y,    Sigma* = H** - H*X H^-1 HX*.
+
+    The joint density is maximised by the kernel-regression prediction ``y* = mu*``, and its peak
+    height ``-1/2 log det(2 pi Sigma*)`` depends on the test inputs. So joint densities of labelings
+    of *different* test inputs are not comparable: a test input where the kernel is confident has a
+    higher peak whether or not the label is plausible. Within one call every candidate shares X* and
+    ``log p(Y)``, so the ranking by the conditional equals the ranking by the joint; the printed table
+    shows only the conditional and states the peak height, so the joint cannot be misread.
+    """
+    check_kernel_name(kernel)
+    blocks = resolve_kernels(arch_or_kernel, progress=progress).blocks([kernel], x_train, x_test)[kernel]
+    if blocks.test_train is None:
+        raise ValueError("x_test: rank_candidates needs test inputs (or precomputed KernelBlocks "
+                         "with test_train and test blocks)")
+    y = as_labels(y_train, blocks.n_train, "y_train")
+    named = _candidate_list(candidates, blocks.n_test, y.shape[1])
+    psd = as_symmetric_psd(blocks.train, f"{kernel.upper()} of the training inputs",
+                           diag_reg=diag_reg, reg=reg, jitter=jitter)
+    marginal = _gaussian_log_prob(psd, y)
+    whitened_cross = psd.whiten(blocks.test_train.T)                     # L^-1 HX*
+    mean = whitened_cross.T @ psd.whiten(y)                              # H*X H^-1 Y
+    cond = SymmetricPSD(blocks.test - whitened_cross.T @ whitened_cross,
+                        "conditional covariance of the test labels given the training labels "
+                        "(Sigma* = H** - H*X H^-1 HX*)", jitter=jitter)
+    sigma = cond.matrix.diagonal().clamp(min=0).sqrt()[:, None]
+    joint = None
+    if top_modes > 0:
+        joint = SymmetricPSD(torch.cat([torch.cat([psd.matrix, blocks.test_train.T], 1),
+                                        torch.cat([blocks.test_train, blocks.test], 1)], 0),
+                             "joint kernel of training and test inputs")
+    scored = []
+    for name, cand in named:
+        residual = cand - mean
+        maha = cond.quad_form(residual)
+        conditional = -0.5 * (maha + y.shape[1] * cond.logdet() + residual.numel() * LOG_2PI)
+        modes = _mode_contributions(joint, torch.cat([y, cand])) if joint is not None else None
+        scored.append((name, conditional, maha, residual / sigma, modes))
+    scored.sort(key=lambda s: -s[1])
+    best_conditional, best_modes = scored[0][1], scored[0][4]
+    joint_values = None if joint is None else joint.eigh()[0].flip(0)
+    rows = []
+    for name, conditional, maha, z, modes in scored:
+        differences = ()
+        if modes is not None and name != scored[0][0]:
+            nats = -0.5 * (modes - best_modes)
+            worst = torch.argsort(nats)[:top_modes]
+            differences = tuple((int(i), float(joint_values[i]), float(nats[i])) for i in worst)
+        rows.append(CandidateScore(name, conditional, conditional - best_conditional,
+                                   marginal + conditional, maha, z, differences))
+    return CandidateRanking(
+        tuple(rows), kernel.upper(), blocks.n_train, blocks.n_test, marginal, mean, cond.matrix,
+        -0.5 * y.shape[1] * (cond.logdet() + blocks.n_test * LOG_2PI),
+        joint_values)
+
+
+# ================================================================================== posteriors
+@dataclass(frozen=True)
+class Posterior:
+    """Predictive distribution of the outputs at the test (or training) inputs.
+
+    Attributes
+    ----------
+    kind : str
+    mean : tensor
+        Shape of y_train with n* rows: (n*,) or (n*, k); with a leading time axis (T, ...) when t
+        was an array.
+    cov : tensor or None
+        (n*, n*) (or (T, n*, n*)), the same for every output column (outputs are independent under
+        the kernel). None for ``kind="ntk"`` (a deterministic predictor) or ``full_cov=False``.
+    var : tensor or None
+        Diagonal of the covariance, (n*,) or (T, n*).
+    t : tensor or None
+        Training times in steps (None: converged, t = infinity).
+    on_train : bool
+        True when the predictions are for the training inputs themselves.
+    """
+
+    kind: str
+    mean: torch.Tensor
+    cov: torch.Tensor | None
+    var: torch.Tensor | None
+    t: torch.Tensor | None
+    on_train: bool
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        """Predictive standard deviation ``sqrt(var)`` (round-off negatives clipped to 0)."""
+        return None if self.var is None else self.var.clamp(min=0).sqrt()
+
+
+class _Regression:
+    """Products with ``A = H*X H_r^-1 g(H_r)`` for one kernel factorised on the training inputs.
+
+    ``cross=None`` stands for predictions on the training inputs, where ``H*X = H = H_r - s I``
+    (s = ridge + jitter) is used in closed form: the converged train-set mean without ridge is then
+    exactly Y, and its covariance exactly 0.
+    """
+
+    def __init__(self, psd: SymmetricPSD, cross: torch.Tensor | None):
+        self.psd = psd
+        self._cross = cross
+
+    def cross(self) -> torch.Tensor:
+        """``H*X``; on the training set the caller's H (the factorised matrix minus its ridge)."""
+        if self._cross is not None:
+            return self._cross
+        return self.psd.matrix - self.psd.diagonal_shift * torch.eye(self.psd.n, dtype=torch.float64)
+
+    def weights(self, rates: torch.Tensor | None) -> torch.Tensor:
+        """``A`` with ``g = I`` (converged; rates None, by Cholesky), or for each ``rate = eta t / m``
+        ``A_t = H*X H_r^-1 (I - exp(-rate H_r))`` from the eigendecomposition: shape (T, n*, n)."""
+        if rates is None or torch.isinf(rates).any():
+            self.psd.cholesky()                  # converged predictions need a non-singular kernel
+        if rates is None:
+            shift, n = self.psd.diagonal_shift, self.psd.n
+            if self._cross is not None:
+                return self.psd.solve(self._cross.T).T
+            eye = torch.eye(n, dtype=torch.float64)
+            return eye if shift == 0 else eye - shift * self.psd.solve(eye)
+        w, v = self.psd.eigh()
+        if self._cross is None:
+            p = v * (w - self.psd.diagonal_shift).clamp(min=0)
+        else:
+            p = self._cross @ v
+        return (p * _flow_filter(w, rates)[:, None, :]) @ v.T
+
+
+def _flow_filter(w: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+    """``(1 - exp(-rate * lambda)) / lambda`` for each rate (rows) and eigenvalue (columns).
+
+    The limit at lambda = 0 is ``rate`` (a zero mode grows linearly); at rate = inf it is 1/lambda.
+    """
+    positive = w > 0
+    safe = torch.where(positive, w, torch.ones_like(w))
+    x = rates[:, None] * safe[None, :]
+    g = -torch.expm1(-x) / safe
+    return torch.where(positive, g, rates[:, None].expand_as(g))
+
+
+def _times(t, learning_rate, m: int, kind: str):
+    """(times in steps or None, rates eta t / m or None, whether there is a time axis)."""
+    if t is None:
+        return None, None, False
+    scalar = np.ndim(t) == 0
+    times = to_tensor(t, "t")      # (note: data.to_tensor turns a 0-d value into shape (1,))
+    if times.ndim > 1:
+        raise ValueError(f"t: expected a number or a 1-D array of times, got shape {tuple(times.shape)}")
+    if torch.isnan(times).any() or (times < 0).any():
+        raise ValueError(f"t: training times must be >= 0 (steps; inf for convergence), got {t!r}")
+    if kind not in _TIMED_KINDS:
+        if torch.isinf(times).all():
+            return None, None, False
+        raise ValueError(f"t: kind={kind!r} is a Bayesian posterior without training time; t applies "
+                         f"to kind in {_TIMED_KINDS}")
+    lr = learning_rate
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning_rate: expected a finite number > 0, got {learning_rate!r}")
+    times = times.reshape(-1)
+    if scalar:
+        return (None, None, False) if torch.isinf(times).all() else (times[0], lr * times / m, False)
+    return times, lr * times / m, True
+
+
+def _check_learning_rate(psd: SymmetricPSD, learning_rate: float, m: int) -> None:
+    lam_max = float(psd.eigh()[0][-1])
+    if learning_rate * lam_max > 2 * m:
+        warnings.warn(
+            f"learning_rate={learning_rate:g} exceeds 2m / lambda_max = {2 * m / lam_max:.4g} (m = {m} "
+            f"training outputs, lambda_max = {lam_max:.4g}): discrete gradient descent would diverge; "
+            "the prediction is that of gradient flow at continuous time learning_rate * t",
+            LearningRateWarning, stacklevel=user_stacklevel())
+
+
+def _minus_cross(test, w, cross, full: bool):
+    """``test - W cross^T`` (symmetrised), or its diagonal."""
+    if full:
+        c = test - w @ cross.T
+        return (c + c.mT) / 2
+    return test - (w * cross).sum(-1)
+
+
+def _gd_ensemble_cov(test, w, k_train, k_cross, full: bool):
+    """``K** + A K A^T - (A KX* + K*X A^T)`` (Lee et al. 2019), or its diagonal."""
+    wk = w @ k_train
+    if full:
+        b = w @ k_cross.T
+        c = test + wk @ w.mT - b - b.mT
+        return (c + c.mT) / 2
+    return test + (wk * w).sum(-1) - 2 * (w * k_cross).sum(-1)
+
+
+def _plain(train) -> torch.Tensor:
+    return train if isinstance(train, torch.Tensor) else _Regression(train, None).cross()
+
+
+def _test_blocks(blocks: KernelBlocks, cross: torch.Tensor, full: bool):
+    """(H*X, H** or its diagonal), the training set standing in for the test set when there is none."""
+    if blocks.test_train is None:
+        return cross, (cross if full else cross.diagonal())
+    return cross, (blocks.test if full else blocks.test_diagonal())
+
+
+def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *, t=None,
+            learning_rate: float = 1.0, diag_reg: float = 0.0, reg: str = "relative",
+            jitter: str | None = None, full_cov: bool = True, progress: bool = False) -> Posterior:
+    """Predictions of a kernel model at ``x_test`` (or, with ``x_test=None``, at the training inputs).
+
+    ``kind`` (MATH.md section 4; K the NNGP, Theta the NTK, ``A_t = Theta*X Theta^-1 (I - e^{-eta Theta t/m})``):
+
+    ============== ===================================== =================================================
+    kind           mean                                  covariance
+    ============== ===================================== =================================================
+    "nngp"         ``K*X K^-1 Y``                        ``K** - K*X K^-1 KX*`` (Bayesian posterior of the
+                                                         random-network prior)
+    "ntkgp"        ``Theta*X Theta^-1 Y``                ``Theta** - Theta*X Theta^-1 ThetaX*`` (NTK-GP,
+                                                         He et al. 2020)
+    "ntk"          ``A_t Y``                             none: NTK kernel regression, the mean of
+                                                         infinitely wide networks trained by gradient
+                                                         flow; ``cov`` and ``var`` are None
+    "gd-ensemble"  ``A_t Y``                             ``K** + A_t K A_t^T - (A_t KX* + K*X A_t^T)``:
+                                                         the spread of that ensemble over random
+                                                         initialisations (Lee et al. 2019)
+    "readout"      ``K*X K^-1 (I - e^{-eta K t/m}) Y``   ``K** - K*X K^-1 (I - e^{-2 eta K t/m}) KX*``
+                                                         (only the last layer trained)
+    ============== ===================================== =================================================
+
+    Conventions: loss ``1/2 mean`` over the ``m = n k`` training outputs; ``t`` counts steps of
+    learning rate ``eta``, and the formulas are those of gradient flow at continuous time ``eta t``
+    (eigenmode i of the residual decays like ``e^{-eta lambda_i t/m}``; eigenvalues clipped at 0).
+    ``t=None`` or ``inf``: converged, computed by Cholesky solves (no eigendecomposition).
+    ``t`` may be a 1-D array of times: results get a leading time axis. The Bayesian kinds
+    ("nngp", "ntkgp") have no time. ``diag_reg`` adds a ridge to the inverted train-train kernel
+    only (K for "nngp"/"readout", Theta otherwise), in ``H^-1`` and in the exponent alike: the
+    converged mean is then kernel ridge regression.
+
+    Parameters
+    ----------
+    arch_or_kernel : architecture, callable, module or precomputed KernelBlocks (see
+        :mod:`ntkprior.sources`); "gd-ensemble" needs both the NTK and the NNGP.
+    x_train, y_train : (n, d), (n,) or (n, k)
+    x_test : (n*, d) or None
+        None: predictions at the training inputs (precomputed KernelBlocks: their test blocks if any).
+    full_cov : bool
+        False computes only the variances (and only the diagonal of the test-test kernel).
+
+    Returns
+    -------
+    Posterior with ``.mean``, ``.cov``, ``.var``, ``.std``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
+    names = KINDS[kind]
+    source = resolve_kernels(arch_or_kernel, progress=progress)
+    need_test = None if kind == "ntk" else ("full" if full_cov else "diagonal")
+    blocks = source.blocks(names, x_train, x_test, test=need_test)
+    main = blocks[names[0]]
+    y = as_labels(y_train, main.n_train, "y_train")
+    m = y.numel()
+    times, rates, time_axis = _times(t, learning_rate, m, kind)
+    psd = as_symmetric_psd(main.train, f"{names[0].upper()} of the training inputs",
+                           diag_reg=diag_reg, reg=reg, jitter=jitter)
+    regression = _Regression(psd, main.test_train)
+    w = regression.weights(rates)
+    if rates is not None:
+        _check_learning_rate(psd, learning_rate, m)
+    mean = w @ y
+    cov = None
+    if kind != "ntk":
+        cross, test = _test_blocks(main, regression.cross(), full_cov)
+        if kind == "gd-ensemble":
+            k = blocks["nngp"]
+            k_train = _plain(k.train)
+            k_cross, k_test = _test_blocks(k, k_train if k.test_train is None else k.test_train,
+                                           full_cov)
+            cov = _gd_ensemble_cov(k_test, w, k_train, k_cross, full_cov)
+        else:
+            w_cov = w if kind != "readout" or rates is None else regression.weights(2 * rates)
+            cov = _minus_cross(test, w_cov, cross, full_cov)
+    if not time_axis and rates is not None:
+        mean = mean[0]
+        cov = None if cov is None else cov[0]
+    if np.ndim(y_train) == 1:
+        mean = mean[..., 0]
+    var = None if cov is None else (cov.diagonal(dim1=-2, dim2=-1) if full_cov else cov)
+    return Posterior(kind, mean, cov if full_cov else None, var, times, main.test_train is None)
