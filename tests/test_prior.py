@@ -274,9 +274,12 @@ def test_covariances_symmetric_psd_and_variances_match(data, kind):
     covs = post.cov[None] if post.cov.ndim == 2 else post.cov
     for c in covs:
         assert is_psd(c)
-    diag_only = predict(two_kernels, x, y, xs, kind=kind, t=t, full_cov=False)
+    diag_only = predict(two_kernels, x, y, xs, kind=kind, t=t, cov="diagonal")
     assert diag_only.cov is None
     np.testing.assert_allclose(diag_only.var.numpy(), post.var.numpy(), atol=1e-12)
+    mean_only = predict(two_kernels, x, y, xs, kind=kind, t=t, cov=None)
+    assert mean_only.var is None and mean_only.std is None
+    np.testing.assert_allclose(mean_only.mean.numpy(), post.mean.numpy(), rtol=1e-13)
     np.testing.assert_allclose(post.std.numpy() ** 2, post.var.clamp(min=0).numpy())
 
 
@@ -389,3 +392,21 @@ def test_symmetric_psd_instances_keep_their_ridge(data):
     with pytest.raises(ValueError, match="already a SymmetricPSD"):
         KernelPrior(psd, diag_reg=0.2)
     assert KernelPrior(psd).psd is psd
+
+
+def test_from_model_uses_the_per_output_empirical_ntk():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    # independent reference: the Jacobian by plain autograd, both outputs, divided by k = 2
+    params = list(net.parameters())
+    rows = [[torch.cat([g.reshape(-1) for g in torch.autograd.grad(net(x[i:i + 1])[0, c], params)])
+             for i in range(10)] for c in range(2)]
+    h = sum(torch.stack(r) @ torch.stack(r).T for r in rows) / 2
+    y = torch.sin(x[:, 0])
+    prior = KernelPrior.from_model(net, x, diag_reg=1e-8)
+    assert prior.log_prob(y) == pytest.approx(KernelPrior(h, diag_reg=1e-8).log_prob(y), rel=1e-9)
+    post = predict(net, x, y, x[:3] * 0.5, kind="ntk", t=2.0, learning_rate=0.1)
+    assert post.mean.shape == (3,)
+    with pytest.raises(ValueError, match="provides only ntk, not nngp"):
+        predict(net, x, y, x[:3], kind="nngp")

@@ -135,12 +135,16 @@ class KernelPrior:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, x, *, diag_reg: float = 0.0, reg: str = "relative",
-                   jitter: str | None = None):
-        """The prior of a finite network's empirical NTK ``J J^T`` at its current parameters."""
+                   jitter: str | None = None, progress: bool = False):
+        """The prior of a finite network's empirical NTK at its current parameters.
+
+        The kernel is ``empirical_ntk(model, x, output="mean")``: ``J J^T`` summed over the k outputs
+        and divided by k, the per-output kernel that matches ``arch.kernel(x).ntk`` at large width.
+        """
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}; "
                              "use KernelPrior.from_arch for an architecture")
-        H = resolve_kernels(model).matrix("ntk", x)
+        H = resolve_kernels(model, progress=progress).matrix("ntk", x)
         return cls(H, diag_reg=diag_reg, reg=reg, jitter=jitter, name="empirical NTK")
 
     @property
@@ -394,9 +398,9 @@ class Posterior:
         was an array.
     cov : tensor or None
         (n*, n*) (or (T, n*, n*)), the same for every output column (outputs are independent under
-        the kernel). None for ``kind="ntk"`` (a deterministic predictor) or ``full_cov=False``.
+        the kernel). None for ``kind="ntk"`` (a deterministic predictor) or unless ``cov="full"``.
     var : tensor or None
-        Diagonal of the covariance, (n*,) or (T, n*).
+        Diagonal of the covariance, (n*,) or (T, n*); None when ``cov=None`` or ``kind="ntk"``.
     t : tensor or None
         Training times in steps (None: converged, t = infinity).
     on_train : bool
@@ -530,7 +534,7 @@ def _test_blocks(blocks: KernelBlocks, cross: torch.Tensor, full: bool):
 
 def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *, t=None,
             learning_rate: float = 1.0, diag_reg: float = 0.0, reg: str = "relative",
-            jitter: str | None = None, full_cov: bool = True, progress: bool = False) -> Posterior:
+            jitter: str | None = None, cov: str | None = "full", progress: bool = False) -> Posterior:
     """Predictions of a kernel model at ``x_test`` (or, with ``x_test=None``, at the training inputs).
 
     ``kind`` (MATH.md section 4; K the NNGP, Theta the NTK, ``A_t = Theta*X Theta^-1 (I - e^{-eta Theta t/m})``):
@@ -568,8 +572,9 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     x_train, y_train : (n, d), (n,) or (n, k)
     x_test : (n*, d) or None
         None: predictions at the training inputs (precomputed KernelBlocks: their test blocks if any).
-    full_cov : bool
-        False computes only the variances (and only the diagonal of the test-test kernel).
+    cov : "full" (default), "diagonal" or None
+        "diagonal" computes only the variances (and only the diagonal of the test-test kernel);
+        None only the mean.
 
     Returns
     -------
@@ -577,10 +582,16 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
+    if cov not in ("full", "diagonal", None):
+        raise ValueError(f"cov: expected 'full', 'diagonal' or None, got {cov!r}")
     names = KINDS[kind]
+    if kind == "ntk":
+        cov = None
+    elif cov is None:
+        names = names[:1]                  # the mean needs only the inverted kernel
     source = resolve_kernels(arch_or_kernel, progress=progress)
-    need_test = None if kind == "ntk" else ("full" if full_cov else "diagonal")
-    blocks = source.blocks(names, x_train, x_test, test=need_test)
+    blocks = source.blocks(names, x_train, x_test, test=cov)
+    full_cov = cov == "full"
     main = blocks[names[0]]
     y = as_labels(y_train, main.n_train, "y_train")
     m = y.numel()
@@ -592,22 +603,25 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     if rates is not None:
         _check_learning_rate(psd, learning_rate, m)
     mean = w @ y
-    cov = None
-    if kind != "ntk":
+    covariance = None
+    if cov is not None:
         cross, test = _test_blocks(main, regression.cross(), full_cov)
         if kind == "gd-ensemble":
             k = blocks["nngp"]
             k_train = _plain(k.train)
             k_cross, k_test = _test_blocks(k, k_train if k.test_train is None else k.test_train,
                                            full_cov)
-            cov = _gd_ensemble_cov(k_test, w, k_train, k_cross, full_cov)
+            covariance = _gd_ensemble_cov(k_test, w, k_train, k_cross, full_cov)
         else:
             w_cov = w if kind != "readout" or rates is None else regression.weights(2 * rates)
-            cov = _minus_cross(test, w_cov, cross, full_cov)
+            covariance = _minus_cross(test, w_cov, cross, full_cov)
     if not time_axis and rates is not None:
         mean = mean[0]
-        cov = None if cov is None else cov[0]
+        covariance = None if covariance is None else covariance[0]
     if np.ndim(y_train) == 1:
         mean = mean[..., 0]
-    var = None if cov is None else (cov.diagonal(dim1=-2, dim2=-1) if full_cov else cov)
-    return Posterior(kind, mean, cov if full_cov else None, var, times, main.test_train is None)
+    var = covariance
+    if full_cov:
+        var = covariance.diagonal(dim1=-2, dim2=-1)
+    return Posterior(kind, mean, covariance if full_cov else None, var, times,
+                     main.test_train is None)

@@ -6,7 +6,8 @@ accepts any of
 - an **architecture** (anything with a method ``kernel(x1, x2=None, *, diagonal=False)`` returning
   an object with ``.nngp`` and ``.ntk``, e.g. ``ntp.serial(...)``): exact infinite-width kernels;
 - a **torch.nn.Module**: its empirical NTK ``J J^T`` at the current parameters
-  (:func:`ntkprior.empirical.empirical_ntk`, trace over outputs); there is no empirical NNGP;
+  (:func:`ntkprior.empirical.empirical_ntk` with ``output="mean"``: the trace over the k outputs
+  divided by k, the per-output kernel like ``arch.kernel(...).ntk``); there is no empirical NNGP;
 - a **callable** ``k(x1, x2) -> (n1, n2) matrix``: one kernel, used whatever kernel is asked for;
   or ``k(x1, x2) -> object with .nngp / .ntk``: both kernels;
 - **precomputed matrices**: a :class:`KernelBlocks` (one kernel), a bare ``(n, n)`` matrix, a tuple
@@ -130,7 +131,6 @@ class KernelSource:
         ``x_test=None`` gives training-set blocks only (precomputed sources return their own test
         blocks, if any). Returned per requested kernel name.
         """
-        names = self._check_names(names)
         raise NotImplementedError
 
     def _check_names(self, names: Iterable[str], single: bool = True) -> tuple[str, ...]:
@@ -204,11 +204,16 @@ class _FunctionSource(KernelSource):
         names = self._check_names(names, single=False)    # a callable's result tells later
         if x_train is None:
             raise ValueError("x_train: is required to compute kernels; pass the training inputs")
-        x_train = as_inputs(x_train, "x_train")
-        train = self._call(x_train, None, names, "train-train block")
+        train = self._call(as_inputs(x_train, "x_train"), None, names, "train-train block")
         if x_test is None:
             return {k: KernelBlocks(train[k]) for k in names}
-        x_test = as_inputs(x_test, "x_test")
+        tests = self.test_blocks(names, x_train, x_test, test=test)
+        return {k: KernelBlocks(train[k], *tests[k]) for k in names}
+
+    def test_blocks(self, names, x_train, x_test, *, test: str | None = "full"):
+        """Per kernel name, ``(H(X*, X), H(X*, X*) or its diagonal or None)`` without ``H(X, X)``."""
+        names = self._check_names(names, single=False)
+        x_train, x_test = as_inputs(x_train, "x_train"), as_inputs(x_test, "x_test")
         check_same_features(x_train, x_test, "x_train", "x_test")
         cross = self._call(x_test, x_train, names, "test-train block")
         tt = {k: None for k in names}
@@ -216,7 +221,15 @@ class _FunctionSource(KernelSource):
             tt = self._call(x_test, None, names, "test-test block")
         elif test == "diagonal":
             tt = self._call_diagonal(x_test, names)
-        return {k: KernelBlocks(train[k], cross[k], tt[k]) for k in names}
+        return {k: (cross[k], tt[k]) for k in names}
+
+    def cross(self, kernel, x_new, x):
+        return self.test_blocks([kernel], x, x_new, test=None)[kernel][0]
+
+    def diagonal(self, kernel: str, x) -> torch.Tensor:
+        """``diag H(x, x)`` for one kernel, in O(n) memory where the source allows."""
+        names = self._check_names([kernel], single=False)
+        return self._call_diagonal(as_inputs(x, "x"), names)[kernel]
 
 
 class _PrecomputedSource(KernelSource):
@@ -276,10 +289,12 @@ def is_kernel_operator(obj) -> bool:
     return hasattr(obj, "shape") and hasattr(obj, "matvec") and not _is_matrix(obj)
 
 
-def _module_source(model: torch.nn.Module) -> KernelSource:
+def _module_source(model: torch.nn.Module, progress: bool) -> KernelSource:
     def ntk(x1, x2):
         from ntkprior.empirical import empirical_ntk        # lazy: torch.func machinery
-        return empirical_ntk(model, x1, x2, output="trace")
+        # "mean" = trace / k: the per-output kernel, the convention of arch.kernel(...).ntk and of
+        # the dynamics (MATH.md section 4); identical to "trace" for single-output models
+        return empirical_ntk(model, x1, x2, output="mean", progress=progress)
 
     return _FunctionSource(ntk, f"the empirical NTK of {type(model).__name__}", ("ntk",),
                            symmetric_call=True)
@@ -299,7 +314,7 @@ def resolve_kernels(arch_or_kernel, *, progress: bool = False) -> KernelSource:
     if isinstance(obj, (KernelBlocks, tuple, list)) or _is_matrix(obj):
         return _PrecomputedSource({None: _as_blocks(obj, "arch_or_kernel")})
     if isinstance(obj, torch.nn.Module):
-        return _module_source(obj)
+        return _module_source(obj, progress)
     kernel_method = getattr(obj, "kernel", None)
     if callable(kernel_method):
         options = {"progress": True} if progress else {}
