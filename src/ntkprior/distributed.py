@@ -1,0 +1,284 @@
+"""Kernel matrices computed blockwise on a Dask cluster and stored out of core, resumably.
+
+:func:`kernel_matrix` cuts the (n1, n2) kernel into ``block × block`` tiles, computes
+each tile as one Dask task — analytic kernels through ``arch.kernel``, empirical ones
+through :func:`ntkprior.empirical.empirical_ntk`, with the architecture or model and the
+inputs shipped once to every worker — and each task writes its tile straight into a
+chunked zarr array (one chunk per tile), then marks the tile done. Symmetric kernels
+(``x2=None``) compute only the tiles on and above the diagonal and write each
+off-diagonal tile a second time, transposed, below it. Calling it again with the same
+arguments resumes: tiles marked done are skipped, and since a tile is marked only after
+its data are written, an interrupted write is recomputed. The store layout is described
+in :mod:`ntkprior.stored`; the result is returned as a :class:`~ntkprior.stored.StoredKernel`.
+
+Every path — a worker, or the in-process loop :func:`kernel_blocks_in_memory` — computes
+a tile with :func:`kernel_block`, so the stored matrix equals the in-memory one exactly.
+
+Needs ``pip install "ntkprior[distributed]"`` (dask[distributed] and zarr).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from .data import as_inputs, check_same_features
+from .stored import (ATTRS_KEY, DONE, FORMAT, KERNEL, StoredKernel, block_pairs, missing_blocks,
+                     require, spans, store_location)
+
+#: glibc mmap threshold for workers: Dask sets MALLOC_TRIM_THRESHOLD_, which freezes glibc's
+#: dynamic mmap threshold, so every large torch temporary was mapped afresh (11.6 s instead
+#: of 6.0 s for an N = 8000 kernel on 2 workers; see FACTS.md)
+WORKER_MMAP_THRESHOLD = 1 << 30
+
+
+class TileSource:
+    """What computes a tile: an architecture (``.kernel``) or a torch model (empirical NTK)."""
+
+    def __init__(self, arch_or_model, kind: str):
+        if kind not in ("ntk", "nngp"):
+            raise ValueError(f"kind: expected 'ntk' or 'nngp', got {kind!r}")
+        self.kind = kind
+        self.empirical = isinstance(arch_or_model, torch.nn.Module)
+        if self.empirical:
+            if kind != "ntk":
+                raise ValueError("kind: a torch model has an empirical NTK only; pass kind='ntk', "
+                                 "or an architecture for the NNGP")
+            digest = hashlib.sha256(repr(arch_or_model).encode())
+            for name, value in arch_or_model.state_dict().items():
+                digest.update(name.encode())
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+            self.spec = f"empirical ntk of {type(arch_or_model).__name__}: {arch_or_model!r}"
+            self.digest = digest.hexdigest()
+        elif callable(getattr(arch_or_model, "kernel", None)):
+            self.spec = str(arch_or_model)
+            self.digest = hashlib.sha256(self.spec.encode()).hexdigest()
+        else:
+            raise ValueError(f"arch_or_model: expected an architecture (such as ntkprior.serial(...)) or "
+                             f"a torch.nn.Module, got {type(arch_or_model).__name__}")
+        self.obj = arch_or_model
+
+
+def kernel_block(source: TileSource, x_rows: torch.Tensor, x_cols: torch.Tensor | None) -> np.ndarray:
+    """One tile ``K(x_rows, x_cols)`` as a float64 array; ``x_cols=None`` for a diagonal tile.
+
+    The single definition of a tile's arithmetic, shared by the workers and the in-process
+    path. A diagonal tile is computed as the symmetric kernel of its rows, so its diagonal
+    is exact (angle 0, not round-off), and its upper triangle is mirrored into the lower
+    one, so a symmetric stored kernel is exactly symmetric. The inputs are copied into fresh (aligned) memory
+    first: torch's vectorised loops round differently when a view starts at another
+    alignment (measured: 1-ulp differences in the last columns of an edge tile).
+    """
+    x_rows = x_rows.clone()
+    x_cols = None if x_cols is None else x_cols.clone()
+    if source.empirical:
+        from .empirical import empirical_ntk
+        values = empirical_ntk(source.obj, x_rows, x_cols, output="trace")
+    else:
+        values = source.obj.kernel(x_rows, x_cols)[source.kind]
+    tile = values.detach().cpu().to(torch.float64).numpy()
+    return np.ascontiguousarray(tile if x_cols is not None else np.triu(tile) + np.triu(tile, 1).T)
+
+
+def kernel_blocks_in_memory(arch_or_model, x1, x2=None, *, kind: str = "ntk", block: int = 4096) -> torch.Tensor:
+    """The same tiles as :func:`kernel_matrix`, computed in this process into memory.
+
+    The in-process reference: equal, bit for bit, to the stored matrix.
+    """
+    source = TileSource(arch_or_model, kind)
+    x1, x2, block = _check_inputs(x1, x2, block)
+    symmetric = x2 is None
+    cols = x1 if symmetric else x2
+    out = np.empty((x1.shape[0], cols.shape[0]))
+    rows_spans, cols_spans = spans(x1.shape[0], block), spans(cols.shape[0], block)
+    for i, j in block_pairs(x1.shape[0], cols.shape[0], block, symmetric):
+        (r0, r1), (c0, c1) = rows_spans[i], cols_spans[j]
+        tile = kernel_block(source, x1[r0:r1], None if symmetric and i == j else cols[c0:c1])
+        out[r0:r1, c0:c1] = tile
+        if symmetric and i != j:
+            out[c0:c1, r0:r1] = tile.T
+    return torch.from_numpy(out)
+
+
+def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zarr", block: int = 4096,
+                  client=None, progress: bool = False, overwrite: bool = False,
+                  torch_threads: int = 1) -> StoredKernel:
+    """Compute the kernel ``K(x1, x2)`` blockwise on Dask into the zarr ``store``; resume if it exists.
+
+    ``arch_or_model``: an architecture (analytic ``kind="ntk"`` or ``"nngp"``) or a
+    ``torch.nn.Module`` (its empirical NTK summed over outputs, ``output="trace"``).
+    ``x2=None`` computes the symmetric K(x1, x1), only the tiles on and above the diagonal.
+    ``block``: tile side; a worker holds a few tiles' worth of temporaries (a 4096 tile is
+    134 MB). ``client``: None starts a LocalCluster with one single-threaded worker process
+    per core (closed afterwards); a string connects to that scheduler address
+    (``"tcp://host:8786"``); or a ``dask.distributed.Client``. Workers write into the store
+    themselves, so on a real cluster it must be on a file system (or object store) every
+    worker sees under the same path. ``torch_threads``: threads torch uses in each task.
+
+    A store that already exists is resumed when its metadata (kind, architecture or model
+    parameters, inputs, block) match, and refused otherwise; ``overwrite=True`` deletes it
+    first. An interrupted call raises after cancelling its tasks; call again to resume.
+    Returns the finished store as a :class:`~ntkprior.stored.StoredKernel`.
+    """
+    source = TileSource(arch_or_model, kind)
+    x1, x2, block = _check_inputs(x1, x2, block)
+    if not isinstance(torch_threads, int) or isinstance(torch_threads, bool) or torch_threads < 1:
+        raise ValueError(f"torch_threads: expected a positive integer, got {torch_threads!r}")
+    location = store_location(store)
+    group = _open_or_create(location, source, x1, x2, block, overwrite)
+    todo = missing_blocks(group)
+    if todo:
+        with _connect(client) as dask_client:
+            _run(dask_client, source, x1, x2, location, block, todo, progress, torch_threads)
+    return StoredKernel(location)
+
+
+def _check_inputs(x1, x2, block):
+    x1 = as_inputs(x1, "x1")
+    if x2 is not None:
+        x2 = as_inputs(x2, "x2")
+        check_same_features(x1, x2)
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block: expected a positive integer tile side, got {block!r}")
+    return x1, x2, int(block)
+
+
+def _metadata(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, block: int) -> dict:
+    digest = hashlib.sha256()
+    for x in (x1, x2):
+        if x is not None:
+            digest.update(repr(tuple(x.shape)).encode())
+            digest.update(x.contiguous().numpy().tobytes())
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    return {"format": FORMAT, "kind": source.kind, "spec": source.spec, "source_digest": source.digest,
+            "inputs_digest": digest.hexdigest(), "shape": [x1.shape[0], n2], "block": block,
+            "symmetric": x2 is None}
+
+
+def _open_or_create(location: str, source, x1, x2, block: int, overwrite: bool):
+    """The store's group: checked against these arguments when resuming, else created."""
+    zarr = require("zarr")
+    expected = _metadata(source, x1, x2, block)
+    if overwrite and "://" not in location and os.path.exists(location):
+        shutil.rmtree(location)
+    try:
+        group = zarr.open_group(location, mode="r+")
+    except FileNotFoundError:
+        group = None
+    if group is not None and ATTRS_KEY in group.attrs:
+        _check_same_metadata(location, dict(group.attrs[ATTRS_KEY]), expected)
+    elif group is not None and (list(group.keys()) or dict(group.attrs)):
+        raise ValueError(f"store: {location!r} holds other data (not an ntkprior kernel store); "
+                         "pass a new path")
+    else:
+        group = zarr.open_group(location, mode="w", attributes={ATTRS_KEY: expected})
+    _create_arrays(group, x1, x2, block, expected["shape"])
+    return group
+
+
+def _check_same_metadata(location: str, found: dict, expected: dict) -> None:
+    labels = {"kind": "the kernel kind", "source_digest": "the architecture or model parameters",
+              "inputs_digest": "the inputs x1/x2", "block": "the block size", "format": "the store format",
+              "shape": "the shape", "symmetric": "symmetric vs cross"}
+    differ = [labels.get(key, key) for key in expected if found.get(key) != expected[key]]
+    if differ:
+        raise ValueError(f"store: {location!r} was built from different arguments ({', '.join(differ)} "
+                         "differ), so it cannot be resumed; pass a new store path, or overwrite=True "
+                         "to discard it")
+
+
+def _create_arrays(group, x1, x2, block: int, shape) -> None:
+    """Create whichever arrays a (possibly interrupted) creation left missing."""
+    present = set(group.keys())
+    if KERNEL not in present:
+        group.create_array(KERNEL, shape=tuple(shape), chunks=(block, block), dtype="float64",
+                           compressors=None, fill_value=np.nan)
+    if DONE not in present:
+        grid = tuple(len(spans(n, block)) for n in shape)
+        group.create_array(DONE, shape=grid, chunks=(1, 1), dtype="uint8", compressors=None, fill_value=0)
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is not None and name not in present:
+            group.create_array(name, data=x.numpy(), compressors=None)
+
+
+def _store_block(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, location: str,
+                 block: int, i: int, j: int, torch_threads: int) -> tuple[int, int]:
+    """Worker task: compute tile (i, j), write it (and its mirror), then mark it done."""
+    zarr = require("zarr")
+    torch.set_num_threads(torch_threads)
+    symmetric = x2 is None
+    cols = x1 if symmetric else x2
+    (r0, r1), (c0, c1) = spans(x1.shape[0], block)[i], spans(cols.shape[0], block)[j]
+    tile = kernel_block(source, x1[r0:r1], None if symmetric and i == j else cols[c0:c1])
+    group = zarr.open_group(location, mode="r+")
+    group[KERNEL][r0:r1, c0:c1] = tile
+    if symmetric and i != j:
+        group[KERNEL][c0:c1, r0:r1] = tile.T
+    group[DONE][i, j] = 1  # only after the data: an interrupted write is never marked complete
+    return i, j
+
+
+def _run(client, source, x1, x2, location, block, todo, progress, torch_threads) -> None:
+    """Submit one task per missing tile; raise, after cancelling the rest, if one fails."""
+    from dask.distributed import as_completed
+    from tqdm.auto import tqdm
+
+    n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
+    total = len(block_pairs(n1, n2, block, x2 is None))
+    shared = [client.scatter(obj, broadcast=True) for obj in (source, x1)]
+    x2_shared = None if x2 is None else client.scatter(x2, broadcast=True)
+    futures = [client.submit(_store_block, *shared, x2_shared, location, block, i, j, torch_threads,
+                             pure=False) for i, j in todo]
+    bar = tqdm(total=total, initial=total - len(todo), desc="kernel blocks", unit="block",
+               disable=not progress)
+    try:
+        for future in as_completed(futures):
+            if future.status == "error":
+                i, j = todo[futures.index(future)]
+                stored = total - len(missing_blocks(require("zarr").open_group(location, mode="r")))
+                raise RuntimeError(f"kernel_matrix: block ({i}, {j}) failed: {future.exception()!r}; "
+                                   f"{stored} of {total} blocks are stored in {location!r}; call "
+                                   "kernel_matrix again with the same arguments to resume") \
+                    from future.exception()
+            bar.update(1)
+    finally:
+        bar.close()
+        client.cancel(futures)
+
+
+def local_cluster(n_workers: int | None = None, **kwargs):
+    """A LocalCluster of single-threaded worker processes, one per core, tuned for torch.
+
+    Workers start with ``MALLOC_MMAP_THRESHOLD_`` set (see :data:`WORKER_MMAP_THRESHOLD`).
+    Extra keyword arguments go to ``dask.distributed.LocalCluster``.
+    """
+    dask = require("dask")
+    distributed = require("distributed")
+    if n_workers is None:
+        n_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ["MALLOC_MMAP_THRESHOLD_"] = WORKER_MMAP_THRESHOLD
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, **kwargs)
+
+
+@contextlib.contextmanager
+def _connect(client):
+    """Yield a dask Client: a new LocalCluster (None), a scheduler address (str), or the one given."""
+    distributed = require("distributed")
+    if isinstance(client, distributed.Client):
+        yield client
+    elif client is None:
+        with local_cluster() as cluster, distributed.Client(cluster) as new:
+            yield new
+    elif isinstance(client, str):
+        with distributed.Client(client) as new:
+            yield new
+    else:
+        raise ValueError(f"client: expected None (start a LocalCluster), a scheduler address such as "
+                         f"'tcp://host:8786', or a dask.distributed.Client; got {type(client).__name__}")
