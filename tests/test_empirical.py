@@ -207,6 +207,8 @@ def test_parameter_subset_holds_the_rest_fixed():
         ref = reference_ntk(model, x, names=[names] if isinstance(names, str) else names)
         for method in METHODS:
             assert_close(empirical_ntk(model, x, params=names, method=method, output="full"), ref)
+    first, rest = ["0.weight", "2.bias"], ["0.bias", "2.weight"]      # the trace is additive over parameters
+    assert_close(empirical_ntk(model, x, params=first) + empirical_ntk(model, x, params=rest), empirical_ntk(model, x))
 
 
 def test_frozen_parameters_are_not_differentiated():
@@ -295,6 +297,16 @@ def test_integer_inputs_reach_an_embedding():
     ref = reference_ntk(model, ids)
     for method in METHODS:
         assert_close(empirical_ntk(model, ids, method=method, output="full"), ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_follows_the_model_to_cuda():
+    model, x = make("batchnorm-eval")
+    ref = traced(reference_ntk(model, x))
+    for method in METHODS:
+        theta = empirical_ntk(model.cuda(), x, method=method)      # CPU inputs move to the model
+        assert theta.device.type == "cuda"
+        assert_close(theta.cpu(), ref)
 
 
 def test_leaves_rng_and_buffers_untouched():

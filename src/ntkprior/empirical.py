@@ -64,14 +64,17 @@ def empirical_ntk(model: nn.Module, x1, x2=None, *, params=None, output: str = "
             only the readout ``["fc.weight", "fc.bias"]`` for the "after kernel". A dict
             ``{name: tensor}`` (a checkpoint, e.g. ``model.state_dict()``): the model is evaluated at
             those values (buffers included) and its parameters among them are differentiated.
-        output: ``"trace"`` (default) the (n1, n2) kernel summed over the k outputs,
-            ``Σ_c Θ_cc`` — the exact trace of each k×k block, convention-free, and equal to the
-            Gram matrix of the stacked Jacobian for k = 1. ``"mean"`` is trace / k: at infinite
-            width Θ_cd → δ_cd Θ_∞, so "mean" estimates the per-output analytic kernel
+        output: ``"trace"`` (default): the (n1, n2) kernel summed over the k outputs,
+            ``Σ_c Θ_cc(x, x') = <J(x), J(x')>`` (Frobenius product of the two k × P Jacobians).
+            It is the default because it is exact and convention-free: additive over parameters
+            (a subset's kernel plus the rest's is the whole) and over outputs, its diagonal is
+            ``‖J(x)‖²``, and for k = 1 it is simply Θ. ``"mean"``: trace / k. At infinite width
+            Θ_cd → δ_cd Θ_∞, so "mean" estimates the per-output analytic kernel
             (``arch.kernel(...).ntk``) and "trace" estimates k times it. neural-tangents'
-            ``empirical_ntk_fn(trace_axes=(-1,))`` divides by k, i.e. computes "mean"; the two
-            agree for single-output models. ``"full"``: (n1, n2, k, k). ``"diagonal"``: (n1,)
-            the trace kernel at (x_i, x_i), for x2=None.
+            ``empirical_ntk_fn(trace_axes=(-1,))`` despite its name divides by k (it returns
+            "mean"); for single-output models all three coincide. ``"full"``: (n1, n2, k, k),
+            ``[i, j, c, d] = Θ_cd(x1_i, x2_j)``. ``"diagonal"``: (n1,), the "trace" kernel at
+            (x_i, x_i), for x2=None, in O(n) memory.
         method: ``"structured"``, ``"jacobian"``, ``"ntk-vp"`` (see the module docstring) or
             ``"auto"``: structured when the model has a supported layer, else jacobian, else
             ntk-vp, the first whose smallest block fits ``max_memory``.

@@ -1,0 +1,192 @@
+"""Benchmark: the empirical NTK methods against the PyTorch tutorial baseline and neural-tangents.
+
+    python benchmarks/bench_empirical.py            # the issue's cases (a few minutes)
+    python benchmarks/bench_empirical.py --quick    # tiny sizes: checks that the script runs
+
+Cases (issue 3), float64 and float32, NTK trace over the single output:
+  MLP 10-512-512-1 ReLU (ntkprior Dense, NTK parameterisation, weight_std 1.5, bias_std 0.05) on N = 256, 512;
+  CNN Conv2d(1,32,3,p=1)-ReLU-Conv2d(32,32,3,p=1)-ReLU-Flatten-Linear(2048,1) on N = 128 8x8 images.
+Each ntkprior method (auto, structured, jacobian, ntk-vp) is timed against
+  (a) the PyTorch tutorial's Jacobian contraction ("Neural Tangent Kernels" tutorial:
+      torch.func vmap(jacrev) per-example Jacobians, then einsum), in this process;
+  (b) neural-tangents 0.6.5 structured derivatives (implementation 3, jitted; median of repeats after
+      the compiling call) via ../shared/baselines/nt_baseline.py in its own venv, when that exists
+      (NTKPRIOR_NT_PYTHON, default /opt/ntvenv/bin/python; NTKPRIOR_NT_BASELINE for the script).
+Times: the median of 3 calls after a warm-up call (one call when a call takes over 10 s).
+Threads: torch.set_num_threads(2) here (the machine has 2 cores; --threads to change); JAX uses its
+default (all cores). On a machine shared with other CPU-bound work 2 threads can be 10x slower than 1
+(FACTS.md): run it on a quiet machine.
+Peak memory: MLP N = 4096 float64 with method="auto", in a child process after a warm-up call at
+N = 64: resource.getrusage(RUSAGE_SELF).ru_maxrss (peak resident set) after the call minus the
+resident set just before it (/proc/self/statm), minus the 134 MB output. Valid when the call sets
+a new peak (reported); tracemalloc cannot see torch's allocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from ntkprior.empirical import empirical_ntk
+from ntkprior.layers import Dense, ReLU, serial
+
+THREADS = 2
+REPO = Path(__file__).resolve().parents[1]
+NT_PYTHON = os.environ.get("NTKPRIOR_NT_PYTHON", "/opt/ntvenv/bin/python")
+NT_SCRIPT = os.environ.get("NTKPRIOR_NT_BASELINE", str(REPO.parent / "shared" / "baselines" / "nt_baseline.py"))
+METHODS = ("auto", "structured", "jacobian", "ntk-vp")
+
+
+def mlp(dtype):
+    arch = serial(Dense(512, weight_std=1.5, bias_std=0.05), ReLU(), Dense(512, weight_std=1.5, bias_std=0.05),
+                  ReLU(), Dense(1, weight_std=1.5, bias_std=0.05))
+    return arch.build(10, seed=0, dtype=dtype).eval()
+
+
+def cnn(dtype):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(2048, 1)).to(dtype).eval()
+
+
+def inputs(model_name: str, n: int, dtype) -> torch.Tensor:
+    shape = (n, 10) if model_name == "mlp" else (n, 1, 8, 8)
+    return torch.from_numpy(np.random.default_rng(0).standard_normal(shape)).to(dtype)
+
+
+def tutorial_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """The PyTorch tutorial's empirical_ntk_jacobian_contraction, trace over outputs."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def fnet_single(p, x):
+        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
+
+    jac1 = [j.flatten(2) for j in vmap(jacrev(fnet_single), (None, 0))(params, x1).values()]
+    jac2 = [j.flatten(2) for j in vmap(jacrev(fnet_single), (None, 0))(params, x2).values()]
+    return torch.stack([torch.einsum("Naf,Maf->NM", j1, j2) for j1, j2 in zip(jac1, jac2)]).sum(0)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    if first > 10:
+        return first
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def neural_tangents(model_name: str, n: int, float32: bool) -> dict | None:
+    if not (Path(NT_PYTHON).exists() and Path(NT_SCRIPT).exists()):
+        return None
+    cmd = [NT_PYTHON, NT_SCRIPT, "empirical", "--model", model_name, "--n", str(n), "--impl", "3"]
+    if float32:
+        cmd.append("--float32")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        print(f"  neural-tangents failed: {done.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_case(model_name: str, n: int, dtype, methods) -> dict:
+    model = (mlp if model_name == "mlp" else cnn)(dtype)
+    x = inputs(model_name, n, dtype)
+    label = f"{model_name} N={n} {str(dtype).replace('torch.', '')}"
+    print(f"\n{label}  ({sum(p.numel() for p in model.parameters())} parameters)")
+    reference = tutorial_ntk(model, x, x)
+    tutorial = timed(lambda: tutorial_ntk(model, x, x))
+    nt = neural_tangents(model_name, n, dtype == torch.float32)
+    nt_s = nt["median_s"] if nt else None
+    print(f"  {'tutorial vmap(jacrev)':24s} {tutorial:9.3f} s")
+    if nt:
+        print(f"  {'neural-tangents impl 3':24s} {nt_s:9.3f} s   (first call with compilation {nt['first_s']:.2f} s)")
+    else:
+        print("  neural-tangents: venv not found, skipped")
+    results = {"tutorial": tutorial, "nt": nt_s}
+    for method in methods:
+        theta = empirical_ntk(model, x, method=method)
+        err = float((theta - reference).abs().max() / reference.abs().max())
+        seconds = timed(lambda: empirical_ntk(model, x, method=method))
+        results[method] = seconds
+        vs_nt = f"{nt_s / seconds:7.2f}x vs neural-tangents" if nt else ""
+        print(f"  {method:24s} {seconds:9.3f} s  {tutorial / seconds:8.1f}x vs tutorial  {vs_nt}"
+              f"   (max rel. diff from tutorial {err:.1e})")
+    return results
+
+
+def peak_memory_child(n: int) -> None:
+    torch.set_num_threads(THREADS)
+    model = mlp(torch.float64)
+    empirical_ntk(model, inputs("mlp", 64, torch.float64))
+    x = inputs("mlp", n, torch.float64)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/statm") as f:
+        resident_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    theta = empirical_ntk(model, x, method="auto", max_memory="2GB")
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = theta.numel() * theta.element_size()
+    print(json.dumps({"n": n, "peak_rise_bytes": peak_after - resident_before, "output_bytes": out,
+                      "new_peak": peak_after > peak_before}))
+
+
+def peak_memory(n: int) -> None:
+    done = subprocess.run([sys.executable, __file__, "--peak-memory-child", str(n)],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        print(f"peak memory run failed: {done.stderr.strip()[-500:]}")
+        return
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    beyond = r["peak_rise_bytes"] - r["output_bytes"]
+    if not r["new_peak"]:
+        print("\npeak memory: the call did not exceed the process's earlier peak; the figure is an upper bound")
+    print(f"\npeak memory, MLP N={n} float64, method='auto', max_memory='2GB': peak RSS rise "
+          f"{r['peak_rise_bytes'] / 1e9:.3f} GB, of which output {r['output_bytes'] / 1e9:.3f} GB; "
+          f"beyond the output {beyond / 1e9:.3f} GB (target < 2 GB)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    p.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2, the machine's cores)")
+    p.add_argument("--peak-memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.peak_memory_child:
+        peak_memory_child(a.peak_memory_child)
+        return
+    torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times are medians of 3 after a warm-up")
+    sizes = {"mlp": (16,), "cnn": 8} if a.quick else {"mlp": (256, 512), "cnn": 128}
+    summary = {}
+    for dtype in (torch.float64, torch.float32):
+        for n in sizes["mlp"]:
+            summary[("mlp", n, dtype)] = bench_case("mlp", n, dtype, METHODS)
+        summary[("cnn", sizes["cnn"], dtype)] = bench_case("cnn", sizes["cnn"], dtype, METHODS)
+    print("\nTargets (auto):")
+    for (name, n, dtype), r in summary.items():
+        line = f"  {name} N={n} {str(dtype).replace('torch.', ''):8s} auto {r['auto']:.3f} s: " \
+               f"{r['tutorial'] / r['auto']:.1f}x faster than the tutorial"
+        if r["nt"]:
+            line += f", {r['nt'] / r['auto']:.2f}x neural-tangents' speed (>= 1 means no slower)"
+        print(line)
+    peak_memory(256 if a.quick else 4096)
+
+
+if __name__ == "__main__":
+    main()
