@@ -190,11 +190,15 @@ class Features:
     flats: list[torch.Tensor] = field(default_factory=list)
 
 
-def layer_features(layers: list[Layer], calls: dict, grads_per_output: list[dict]) -> Features:
-    """Features of the structured layers from the recorded inputs and the k backward passes."""
+def layer_features(layers: list[Layer], inputs: dict, grads_per_output: list[dict]) -> Features:
+    """Features of the structured layers from their inputs per call and the k backward passes.
+
+    ``inputs[name]``: the layer's input per call; ``grads_per_output[c][name]``: ∂Σ_i f_c(x_i)/∂z
+    for the layer's output z per call.
+    """
     feats = Features()
     for layer in layers:
-        a = layer.activations([x for x, _ in calls[layer.name]])
+        a = layer.activations(inputs[layer.name])
         g = torch.stack([layer.signals(grads[layer.name]) for grads in grads_per_output], dim=1)
         if layer.explicit:
             feats.flats.append(torch.einsum("ncgto,ngti->ncgoi", g, a).reshape(a.shape[0], g.shape[1], -1))
@@ -254,16 +258,23 @@ def _flat_term(j1: torch.Tensor, j2: torch.Tensor, output: str) -> torch.Tensor:
 def _gram_term(a1, g1, a2, g2, output: str) -> torch.Tensor:
     """Σ_{t,u} (a_it · a_ju)(g_ict · g_jdu), summed over groups; traced over c = d unless "full"."""
     b1, groups, t1, _ = a1.shape
-    b2, k, _, t2, o = g2.shape
-    aa = a1.transpose(0, 1).reshape(groups, b1 * t1, -1) @ a2.transpose(0, 1).reshape(groups, b2 * t2, -1).transpose(1, 2)
+    b2, k, _, t2, _ = g2.shape
+    aa = _by_group(a1) @ _by_group(a2).transpose(1, 2)                         # (groups, b1·t1, b2·t2)
     if output == "full":
-        gg = (g1.permute(2, 0, 3, 1, 4).reshape(groups, b1 * t1 * k, o)
-              @ g2.permute(2, 0, 3, 1, 4).reshape(groups, b2 * t2 * k, o).transpose(1, 2))
+        gg = _by_group(g1, split_outputs=True) @ _by_group(g2, split_outputs=True).transpose(1, 2)
         prod = gg.reshape(groups, b1, t1, k, b2, t2, k).mul_(aa.reshape(groups, b1, t1, 1, b2, t2, 1))
-        return prod.sum(dim=(0, 2, 5)).permute(0, 2, 1, 3) if groups * t1 * t2 > 1 else prod.reshape(b1, k, b2, k).permute(0, 2, 1, 3)
-    gg = (g1.permute(2, 0, 3, 1, 4).reshape(groups, b1 * t1, k * o)
-          @ g2.permute(2, 0, 3, 1, 4).reshape(groups, b2 * t2, k * o).transpose(1, 2))
-    prod = aa.mul_(gg)
-    if groups * t1 * t2 == 1:
+        return prod.sum(dim=(0, 2, 5)).permute(0, 2, 1, 3)
+    prod = aa.mul_(_by_group(g1) @ _by_group(g2).transpose(1, 2))
+    if groups * t1 * t2 == 1:                                                    # dense layer: (A Aᵀ) ⊙ (G Gᵀ)
         return prod.reshape(b1, b2)
     return prod.reshape(groups, b1, t1, b2, t2).sum(dim=(0, 2, 4))
+
+
+def _by_group(t: torch.Tensor, split_outputs: bool = False) -> torch.Tensor:
+    """Rows per group: A (n, groups, T, I) -> (groups, n·T, I); G (n, k, groups, T, O) ->
+    (groups, n·T, k·O), or (groups, n·T·k, O) with ``split_outputs``."""
+    if t.ndim == 4:
+        return t.transpose(0, 1).reshape(t.shape[1], -1, t.shape[3])
+    n, k, groups, positions, o = t.shape
+    rows = t.permute(2, 0, 3, 1, 4)                                              # (groups, n, T, k, O)
+    return rows.reshape(groups, -1, o) if split_outputs else rows.reshape(groups, n * positions, k * o)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -342,6 +343,10 @@ def _jacobian_features(problem: _Problem, names, x: torch.Tensor) -> list[torch.
     return [j.reshape(len(x), problem.k, -1) for j in _jacobian(problem, names, x).values()]
 
 
+def _jacobian_block_features(problem: _Problem, x: torch.Tensor) -> st.Features:
+    return st.Features(flats=_jacobian_features(problem, problem.diff, x))
+
+
 def _structured_pass(problem: _Problem, layers: list[st.Layer], x: torch.Tensor):
     """One forward with hooks and k backward passes: the structured layers' features for block ``x``.
 
@@ -360,7 +365,7 @@ def _structured_pass(problem: _Problem, layers: list[st.Layer], x: torch.Tensor)
     if bad:
         return None, bad
     zs = [(layer.name, z) for layer in layers for _, z in calls[layer.name]]
-    inputs = {layer.name: [(a.detach(), z) for a, z in calls[layer.name]] for layer in layers}
+    inputs = {layer.name: [a.detach() for a, _ in calls[layer.name]] for layer in layers}
     grads_per_output = []
     for c in range(problem.k):
         grads = torch.autograd.grad(out[:, c].sum(), [z for _, z in zs], retain_graph=c < problem.k - 1,
@@ -485,8 +490,7 @@ def _choose_method(problem: _Problem, method: str, probe: torch.Tensor, output: 
                 continue
             featurize, cost = plan.featurize, plan.cost(output)
         else:
-            names = list(problem.diff)
-            featurize = lambda x, names=names: st.Features(flats=_jacobian_features(problem, names, x))  # noqa: E731
+            featurize = partial(_jacobian_block_features, problem)
             cost = _jacobian_cost(problem, problem.n_params, output)
         if cost.minimum <= budget or method != "auto":
             return name, featurize, cost
