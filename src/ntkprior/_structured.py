@@ -9,10 +9,9 @@ gradient of an output f_c with respect to W for example i is ``s_w Σ_t g_ict a_
     Θ_b(x_i, x_j)_cd = s_b² Σ_{t,u}            (g_ict · g_jdu)
 
 (Novak, Sohl-Dickstein & Schoenholz 2022, "Fast finite width neural tangent kernel").
-Appending the constant ``s_b`` to ``s_w a_t`` folds the bias into the weight term, so each
-layer is one "augmented activation" tensor A (n, groups, T, I) and one signal tensor
-G (n, k, groups, T, O), collected with forward hooks in one forward pass and k backward
-passes of a data block. For a dense layer (T = 1) the term is (A Aᵀ) ⊙ (G Gᵀ).
+so each layer needs its inputs A (n, groups, T, I) and backprop signals G (n, k, groups, T, O),
+collected with forward hooks in one forward pass and k backward passes of a data block. For a
+dense layer (T = 1) the term is (s_w² A Aᵀ + s_b²) ⊙ (G Gᵀ).
 
 When T² (I + k O) exceeds k O I (convolutions with few channels) it is cheaper to form
 each example's weight gradient ``Σ_t g_t a_tᵀ`` (k·O·I numbers) and contract those: the
@@ -63,14 +62,15 @@ class Layer:
     def groups(self) -> int:
         return self.module.groups if self.is_conv else 1
 
-    def activations(self, calls: list[torch.Tensor]) -> torch.Tensor:
-        """Augmented layer inputs A (n, groups, T, I): ``[s_w a_t, s_b]`` for each position t."""
+    def inputs(self, calls: list[torch.Tensor]) -> torch.Tensor:
+        """Layer inputs (n, groups, T, I) over all calls: rows of a dense layer, patches of a conv."""
         parts = [self._conv_patches(x) if self.is_conv else x.reshape(x.shape[0], 1, -1, x.shape[-1])
                  for x in calls]
-        a = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-        cols = []
-        if self.weight is not None:
-            cols.append(a * self.weight_scale if self.weight_scale != 1 else a)
+        return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+    def augmented(self, a: torch.Tensor) -> torch.Tensor:
+        """``[s_w a_t, s_b]`` per position: the weight-and-bias gradient is ``Σ_t g_t ⊗ this``."""
+        cols = [a * self.weight_scale] if self.weight is not None else []
         if self.bias is not None:
             cols.append(a.new_full((*a.shape[:3], 1), self.bias_scale))
         return torch.cat(cols, dim=3) if len(cols) > 1 else cols[0]
@@ -179,14 +179,27 @@ def recording(layers: list[Layer]):
 
 
 @dataclass
-class Features:
-    """What one data block contributes to kernel blocks: Gram-path pairs and flat per-example features.
+class GramFactors:
+    """A Gram-path layer on a block: its term is Σ_{t,u} (w² a_it·a_ju + b²)(g_ict·g_jdu).
 
-    ``grams``: (A (n, groups, T, I), G (n, k, groups, T, O)) per layer on the Gram path.
+    ``a``: inputs (n, groups, T, I), None when the weight is held fixed; ``g``: backprop signals
+    (n, k, groups, T, O); ``weight_sq`` = s_w² and ``bias_sq`` = s_b² (0 for a fixed parameter).
+    """
+
+    a: torch.Tensor | None
+    g: torch.Tensor
+    weight_sq: float
+    bias_sq: float
+
+
+@dataclass
+class Features:
+    """What one data block contributes to kernel blocks: Gram-path layers and flat per-example features.
+
     ``flats``: (n, k, D) per-example derivative features (explicit-path layers, Jacobians).
     """
 
-    grams: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    grams: list[GramFactors] = field(default_factory=list)
     flats: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -198,12 +211,16 @@ def layer_features(layers: list[Layer], inputs: dict, grads_per_output: list[dic
     """
     feats = Features()
     for layer in layers:
-        a = layer.activations(inputs[layer.name])
-        g = torch.stack([layer.signals(grads[layer.name]) for grads in grads_per_output], dim=1)
+        a = layer.inputs(inputs[layer.name])
+        signals = [layer.signals(grads[layer.name]) for grads in grads_per_output]
+        g = signals[0].unsqueeze(1) if len(signals) == 1 else torch.stack(signals, dim=1)
         if layer.explicit:
-            feats.flats.append(torch.einsum("ncgto,ngti->ncgoi", g, a).reshape(a.shape[0], g.shape[1], -1))
+            per_example = torch.einsum("ncgto,ngti->ncgoi", g, layer.augmented(a))
+            feats.flats.append(per_example.reshape(a.shape[0], g.shape[1], -1))
         else:
-            feats.grams.append((a, g))
+            feats.grams.append(GramFactors(a if layer.weight else None, g,
+                                           layer.weight_scale ** 2 if layer.weight else 0.0,
+                                           layer.bias_scale ** 2 if layer.bias else 0.0))
     return feats
 
 
@@ -222,8 +239,8 @@ def choose_paths(layers: list[Layer], shapes: dict[str, tuple[int, int, int, int
 def kernel_block(f1: Features, f2: Features, output: str) -> torch.Tensor:
     """Θ block (b1, b2) summed over outputs ("trace"), or (b1, b2, k, k) for "full"."""
     total = None
-    for (a1, g1), (a2, g2) in zip(f1.grams, f2.grams):
-        total = _accumulate(total, _gram_term(a1, g1, a2, g2, output))
+    for l1, l2 in zip(f1.grams, f2.grams):
+        total = _accumulate(total, _gram_term(l1, l2, output))
     for j1, j2 in zip(f1.flats, f2.flats):
         total = _accumulate(total, _flat_term(j1, j2, output))
     return total
@@ -232,12 +249,12 @@ def kernel_block(f1: Features, f2: Features, output: str) -> torch.Tensor:
 def kernel_diagonal(f: Features) -> torch.Tensor:
     """Θ(x_i, x_i) summed over outputs, shape (b,)."""
     total = None
-    for a, g in f.grams:
-        n, groups, t, i = a.shape
-        a = a.reshape(n * groups, t, i)
-        g = g.permute(0, 2, 3, 1, 4).reshape(n * groups, t, -1)
-        term = (a @ a.transpose(1, 2)).mul_(g @ g.transpose(1, 2)).reshape(n, -1).sum(1)
-        total = _accumulate(total, term)
+    for layer in f.grams:
+        n, _, groups, t, _ = layer.g.shape
+        g = layer.g.permute(0, 2, 3, 1, 4).reshape(n * groups, t, -1)
+        a = None if layer.a is None else layer.a.reshape(n * groups, t, -1)
+        term = _input_gram(layer, a, a, (n * groups, t, t)).mul_(g @ g.transpose(1, 2))
+        total = _accumulate(total, term.reshape(n, -1).sum(1))
     for j in f.flats:
         total = _accumulate(total, j.reshape(j.shape[0], -1).pow(2).sum(1))
     return total
@@ -255,19 +272,29 @@ def _flat_term(j1: torch.Tensor, j2: torch.Tensor, output: str) -> torch.Tensor:
     return j1.reshape(b1, k * d) @ j2.reshape(b2, k * d).T
 
 
-def _gram_term(a1, g1, a2, g2, output: str) -> torch.Tensor:
-    """Σ_{t,u} (a_it · a_ju)(g_ict · g_jdu), summed over groups; traced over c = d unless "full"."""
-    b1, groups, t1, _ = a1.shape
-    b2, k, _, t2, _ = g2.shape
-    aa = _by_group(a1) @ _by_group(a2).transpose(1, 2)                         # (groups, b1·t1, b2·t2)
+def _gram_term(l1: GramFactors, l2: GramFactors, output: str) -> torch.Tensor:
+    """Σ_{t,u} (w² a_it·a_ju + b²)(g_ict·g_jdu), summed over groups; traced over c = d unless "full"."""
+    b1, k, groups, t1, _ = l1.g.shape
+    b2, t2 = l2.g.shape[0], l2.g.shape[3]
+    aa = _input_gram(l1, None if l1.a is None else _by_group(l1.a), None if l2.a is None else _by_group(l2.a),
+                     (groups, b1 * t1, b2 * t2))
     if output == "full":
-        gg = _by_group(g1, split_outputs=True) @ _by_group(g2, split_outputs=True).transpose(1, 2)
+        gg = _by_group(l1.g, split_outputs=True) @ _by_group(l2.g, split_outputs=True).transpose(1, 2)
         prod = gg.reshape(groups, b1, t1, k, b2, t2, k).mul_(aa.reshape(groups, b1, t1, 1, b2, t2, 1))
         return prod.sum(dim=(0, 2, 5)).permute(0, 2, 1, 3)
-    prod = aa.mul_(_by_group(g1) @ _by_group(g2).transpose(1, 2))
+    prod = aa.mul_(_by_group(l1.g) @ _by_group(l2.g).transpose(1, 2))
     if groups * t1 * t2 == 1:                                                    # dense layer: (A Aᵀ) ⊙ (G Gᵀ)
         return prod.reshape(b1, b2)
     return prod.reshape(groups, b1, t1, b2, t2).sum(dim=(0, 2, 4))
+
+
+def _input_gram(layer: GramFactors, rows1, rows2, shape) -> torch.Tensor:
+    """w² rows1 rows2ᵀ + b² (batched over the first dimension): the augmented input Gram, uncopied."""
+    like = layer.g
+    if rows1 is None:
+        return torch.full(shape, layer.bias_sq, dtype=like.dtype, device=like.device)
+    bias = torch.tensor(layer.bias_sq, dtype=like.dtype, device=like.device)
+    return torch.baddbmm(bias, rows1, rows2.transpose(1, 2), alpha=layer.weight_sq)
 
 
 def _by_group(t: torch.Tensor, split_outputs: bool = False) -> torch.Tensor:

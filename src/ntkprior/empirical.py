@@ -410,8 +410,10 @@ class _StructuredPlan:
         self.layers = [layers[i] for i in kept]
         self.shapes = {}
         for i in kept:
-            a, g = feats.grams[i]
-            self.shapes[layers[i].name] = (a.shape[1], a.shape[2], a.shape[3], g.shape[-1])
+            factors, layer = feats.grams[i], layers[i]
+            _, _, groups, t, o = factors.g.shape
+            width = (0 if factors.a is None else factors.a.shape[3]) + (layer.bias is not None)
+            self.shapes[layer.name] = (groups, t, width, o)
         st.choose_paths(self.layers, self.shapes, problem.k)
         covered = {n for layer in self.layers for n in layer.param_names}
         self.fallback = [n for n in problem.diff if n not in covered]
