@@ -344,6 +344,8 @@ def test_bad_inputs_give_clear_errors(data):
         rank_candidates(sk_kernel, x, y, xs, np.zeros(6))
     with pytest.raises(ValueError, match="needs test inputs"):
         rank_candidates(sk_kernel, x, y, None, np.zeros((1, 6)))
+    with pytest.raises(ValueError, match="precomputed kernels describe different inputs"):
+        predict({"ntk": sk_kernel(x, x), "nngp": sk_kernel(x[:5], x[:5])}, None, y, kind="gd-ensemble")
     with pytest.raises(ValueError, match="arch_or_kernel: expected an architecture"):
         predict("rbf", x, y, xs)
     with pytest.raises(ValueError, match="model: expected a torch.nn.Module"):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ntkprior.linalg import SymmetricPSD
 from ntkprior.sources import KernelBlocks
 from ntkprior.spectrum import count_sign_changes, eigenmodes
 
@@ -169,6 +170,14 @@ def test_sign_convention_largest_entry_positive_and_reproducible():
     assert torch.equal(a, b)
     top = a.abs().argmax(dim=0)
     assert torch.all(a[top, torch.arange(40)] > 0)
+
+
+def test_a_factorised_matrix_is_reused():
+    x = np.random.default_rng(5).normal(size=(30, 2))
+    psd = SymmetricPSD(relu_ntk(x, x))
+    w, v = psd.eigh()
+    modes = eigenmodes(psd, k=4)
+    assert torch.equal(modes.values, w.flip(0)[:4]) and torch.equal(modes.vectors, v.flip(1)[:, :4])
 
 
 def test_eigenmodes_from_an_architecture_match_its_kernel_matrix():

@@ -62,13 +62,22 @@ def symmetry_rtol(matrix) -> float:
     return 1e-10 if double else 1e-4
 
 
-def _max_asymmetry(m: torch.Tensor) -> float:
-    """max |M - M^T|, computed in row blocks so that no second n x n matrix is allocated."""
-    worst = 0.0
-    for i in range(0, m.shape[0], _ROW_BLOCK):
-        j = min(i + _ROW_BLOCK, m.shape[0])
-        worst = max(worst, float((m[i:j] - m[:, i:j].T).abs().max()))
-    return worst
+def _row_blocks(n: int):
+    """Row ranges of at most _ROW_BLOCK rows: O(n^2) reductions without an n x n temporary."""
+    return [(i, min(i + _ROW_BLOCK, n)) for i in range(0, n, _ROW_BLOCK)]
+
+
+def _max_asymmetry(m: torch.Tensor) -> tuple[float, float]:
+    """(max |M - M^T|, max |M|), computed in row blocks."""
+    blocks = _row_blocks(m.shape[0])
+    asym = max(float((m[i:j] - m[:, i:j].T).abs().max()) for i, j in blocks)
+    scale = max(float(m[i:j].abs().max()) for i, j in blocks)
+    return asym, scale
+
+
+def _one_norm(m: torch.Tensor) -> float:
+    """``max_j sum_i |M_ij|`` (for a symmetric M, the row sums), computed in row blocks."""
+    return max(float(m[i:j].abs().sum(dim=1).max()) for i, j in _row_blocks(m.shape[0]))
 
 
 def user_stacklevel() -> int:
@@ -82,8 +91,7 @@ def user_stacklevel() -> int:
 
 def check_symmetric(m: torch.Tensor, name: str, rtol: float = 1e-10) -> None:
     """Raise unless ``max |M - M^T| <= rtol * max |M|`` (reported with the numbers)."""
-    scale = float(m.abs().max())
-    asym = _max_asymmetry(m)
+    asym, scale = _max_asymmetry(m)
     if asym > rtol * scale:
         raise ValueError(
             f"{name}: is not symmetric: max |M - M^T| = {asym:.3g}, which is "
@@ -98,14 +106,14 @@ def fix_signs(vectors: torch.Tensor) -> torch.Tensor:
     Convention: the entry of largest magnitude is positive; among entries within a relative 1e-6
     of that magnitude (ties, e.g. in Fourier modes) the first one decides.
     """
-    if vectors.numel() == 0:
-        return vectors
-    mag = vectors.abs()
-    reaches = mag >= (1 - 1e-6) * mag.max(dim=0).values
-    first = reaches.to(torch.int8).argmax(dim=0)
-    signs = torch.sign(vectors[first, torch.arange(vectors.shape[1])])
-    signs[signs == 0] = 1.0
-    return vectors.mul_(signs)
+    for j in range(0, vectors.shape[1], _ROW_BLOCK):         # column blocks: small temporaries
+        block = vectors[:, j:j + _ROW_BLOCK]
+        mag = block.abs()
+        first = (mag >= (1 - 1e-6) * mag.max(dim=0).values).to(torch.int8).argmax(dim=0)
+        signs = torch.sign(block[first, torch.arange(block.shape[1])])
+        signs[signs == 0] = 1.0
+        block.mul_(signs)
+    return vectors
 
 
 def _eigvalsh(m: torch.Tensor) -> torch.Tensor:
@@ -180,7 +188,7 @@ class SymmetricPSD:
         check_finite(m, name)
         self.name = name
         check_symmetric(m, name, symmetry_rtol(matrix))
-        m = (m + m.T) / 2
+        m = (m + m.T).mul_(0.5)
         self._check_diagonal(m)
         self.mean_diagonal = float(m.diagonal().mean())
         self.ridge = float(diag_reg) * (self.mean_diagonal if reg == "relative" else 1.0)
@@ -298,8 +306,7 @@ class SymmetricPSD:
 
     def _condition_estimate(self) -> float:
         """1-norm condition number estimated by LAPACK ``pocon`` from the Cholesky factor, O(n^2)."""
-        a = self.matrix.cpu().numpy()
-        anorm = float(np.abs(a).sum(axis=0).max())
+        anorm = _one_norm(self.matrix)
         # C-ordered L is the Fortran-ordered upper factor U = L^T: no copy.
         rcond, info = scipy.linalg.lapack.dpocon(self._chol.cpu().numpy().T, anorm, uplo="U")
         return math.inf if rcond == 0 else 1.0 / rcond

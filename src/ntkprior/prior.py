@@ -96,7 +96,7 @@ class ModeTable:
         return (f"y^T H^-1 y = {self.total:.6g}, by eigenmode (largest eigenvalue first)\n"
                 + _format_table(header, rows) + more)
 
-    __str__ = to_text
+    __str__ = __repr__ = to_text
 
 
 class KernelPrior:
@@ -175,8 +175,7 @@ class KernelPrior:
         labels = as_labels(y, self.n, "y")
         self.psd.cholesky()        # a singular H has no finite RKHS norm: raise the clear error
         w, v = self.psd.eigh()
-        w, v = w.flip(0), v.flip(1)
-        proj = v.T @ labels                                             # (n, k)
+        w, proj = w.flip(0), (v.T @ labels).flip(0)                     # largest first, (n, k)
         contribution = (proj * proj).sum(dim=1) / w
         cumulative = torch.cumsum(contribution, 0) / contribution.sum()
         return ModeTable(w, proj[:, 0] if np.ndim(y) == 1 else proj,
@@ -262,7 +261,7 @@ class CandidateRanking:
         return "\n".join([title, _format_table(headers, rows),
                           _JOINT_WARNING.format(peak=self.peak_log_prob)])
 
-    __str__ = to_text
+    __str__ = __repr__ = to_text
 
 
 def _candidate_list(candidates, n_test: int, k: int) -> list[tuple[str, torch.Tensor]]:
@@ -293,8 +292,8 @@ def _candidate_list(candidates, n_test: int, k: int) -> list[tuple[str, torch.Te
 def _mode_contributions(psd: SymmetricPSD, z: torch.Tensor) -> torch.Tensor:
     """``sum_j (v_i . z_j)^2 / lambda_i`` per eigenmode, largest eigenvalue first."""
     w, v = psd.eigh()
-    proj = v.flip(1).T @ z
-    return (proj * proj).sum(dim=1) / w.flip(0)
+    proj = v.T @ z
+    return ((proj * proj).sum(dim=1) / w).flip(0)
 
 
 def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel: str = "ntk", *,
@@ -349,11 +348,9 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
     psd = as_symmetric_psd(blocks.train, f"{kernel.upper()} of the training inputs",
                            diag_reg=diag_reg, reg=reg, jitter=jitter)
     marginal = _gaussian_log_prob(psd, y)
-    whitened_cross = psd.whiten(blocks.test_train.T)                     # L^-1 HX*
-    mean = whitened_cross.T @ psd.whiten(y)                              # H*X H^-1 Y
-    cond = SymmetricPSD(blocks.test - whitened_cross.T @ whitened_cross,
-                        "conditional covariance of the test labels given the training labels "
-                        "(Sigma* = H** - H*X H^-1 HX*)", jitter=jitter)
+    mean, sigma_star = _gp_conditional(psd, blocks.test_train, blocks.test, y, full=True)
+    cond = SymmetricPSD(sigma_star, "conditional covariance of the test labels given the training "
+                        "labels (Sigma* = H** - H*X H^-1 HX*)", jitter=jitter)
     sigma = cond.matrix.diagonal().clamp(min=0).sqrt()[:, None]
     joint = None
     if top_modes > 0:
@@ -419,6 +416,14 @@ class Posterior:
         """Predictive standard deviation ``sqrt(var)`` (round-off negatives clipped to 0)."""
         return None if self.var is None else self.var.clamp(min=0).sqrt()
 
+    def __repr__(self) -> str:
+        where = "training inputs" if self.on_train else "test inputs"
+        when = "converged" if self.t is None else f"t = {self.t.tolist()}"
+        parts = [f"mean {tuple(self.mean.shape)}"] + [
+            f"{name} {tuple(value.shape)}" for name, value in (("cov", self.cov), ("var", self.var))
+            if value is not None]
+        return f"Posterior(kind={self.kind!r}, {where}, {when}: {', '.join(parts)})"
+
 
 class _Regression:
     """Products with ``A = H*X H_r^-1 g(H_r)`` for one kernel factorised on the training inputs.
@@ -469,10 +474,10 @@ def _flow_filter(w: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, g, rates[:, None].expand_as(g))
 
 
-def _times(t, learning_rate, m: int, kind: str):
-    """(times in steps or None, rates eta t / m or None, whether there is a time axis)."""
+def _times(t, learning_rate, kind: str):
+    """(times in steps, or None for converged; whether the results get a time axis)."""
     if t is None:
-        return None, None, False
+        return None, False
     scalar = np.ndim(t) == 0
     times = to_tensor(t, "t")      # (note: data.to_tensor turns a 0-d value into shape (1,))
     if times.ndim > 1:
@@ -481,16 +486,16 @@ def _times(t, learning_rate, m: int, kind: str):
         raise ValueError(f"t: training times must be >= 0 (steps; inf for convergence), got {t!r}")
     if kind not in _TIMED_KINDS:
         if torch.isinf(times).all():
-            return None, None, False
+            return None, False
         raise ValueError(f"t: kind={kind!r} is a Bayesian posterior without training time; t applies "
                          f"to kind in {_TIMED_KINDS}")
     lr = learning_rate
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"learning_rate: expected a finite number > 0, got {learning_rate!r}")
     times = times.reshape(-1)
-    if scalar:
-        return (None, None, False) if torch.isinf(times).all() else (times[0], lr * times / m, False)
-    return times, lr * times / m, True
+    if scalar and torch.isinf(times).all():
+        return None, False
+    return times, not scalar
 
 
 def _check_learning_rate(psd: SymmetricPSD, learning_rate: float, m: int) -> None:
@@ -530,6 +535,37 @@ def _test_blocks(blocks: KernelBlocks, cross: torch.Tensor, full: bool):
     if blocks.test_train is None:
         return cross, (cross if full else cross.diagonal())
     return cross, (blocks.test if full else blocks.test_diagonal())
+
+
+def _gp_conditional(psd: SymmetricPSD, cross, test, y, full: bool):
+    """``mu* = H*X H_r^-1 Y`` and ``Sigma* = H** - H*X H_r^-1 HX*`` (or its diagonal; test None:
+    mean only) from one triangular solve ``W = L^-1 HX*``: ``Sigma* = H** - W^T W``."""
+    whitened = psd.whiten(cross.T)                                      # (n, n*)
+    mean = whitened.T @ psd.whiten(y)
+    if test is None:
+        return mean, None
+    if not full:
+        return mean, test - (whitened * whitened).sum(dim=0)
+    c = test - whitened.T @ whitened
+    return mean, (c + c.T) / 2
+
+
+def _by_weights(psd: SymmetricPSD, blocks: dict, inverted: str, kind: str, y, rates, cov):
+    """Mean ``A Y`` and covariance from the explicit weights ``A`` (one per time): the training-set
+    predictions, the GD ensemble, and every finite time."""
+    main, full = blocks[inverted], cov == "full"
+    regression = _Regression(psd, main.test_train)
+    w = regression.weights(rates)
+    if cov is None:
+        return w @ y, None
+    cross, test = _test_blocks(main, regression.cross(), full)
+    if kind == "gd-ensemble":
+        k = blocks["nngp"]
+        k_train = _plain(k.train)
+        k_cross, k_test = _test_blocks(k, k_train if k.test_train is None else k.test_train, full)
+        return w @ y, _gd_ensemble_cov(k_test, w, k_train, k_cross, full)
+    w_cov = w if kind != "readout" or rates is None else regression.weights(2 * rates)
+    return w @ y, _minus_cross(test, w_cov, cross, full)
 
 
 def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *, t=None,
@@ -584,6 +620,7 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
         raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
     if cov not in ("full", "diagonal", None):
         raise ValueError(f"cov: expected 'full', 'diagonal' or None, got {cov!r}")
+    times, time_axis = _times(t, learning_rate, kind)
     names = KINDS[kind]
     if kind == "ntk":
         cov = None
@@ -595,26 +632,16 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     main = blocks[names[0]]
     y = as_labels(y_train, main.n_train, "y_train")
     m = y.numel()
-    times, rates, time_axis = _times(t, learning_rate, m, kind)
+    rates = None if times is None else learning_rate * times / m        # eta t / m
     psd = as_symmetric_psd(main.train, f"{names[0].upper()} of the training inputs",
                            diag_reg=diag_reg, reg=reg, jitter=jitter)
-    regression = _Regression(psd, main.test_train)
-    w = regression.weights(rates)
-    if rates is not None:
-        _check_learning_rate(psd, learning_rate, m)
-    mean = w @ y
-    covariance = None
-    if cov is not None:
-        cross, test = _test_blocks(main, regression.cross(), full_cov)
-        if kind == "gd-ensemble":
-            k = blocks["nngp"]
-            k_train = _plain(k.train)
-            k_cross, k_test = _test_blocks(k, k_train if k.test_train is None else k.test_train,
-                                           full_cov)
-            covariance = _gd_ensemble_cov(k_test, w, k_train, k_cross, full_cov)
-        else:
-            w_cov = w if kind != "readout" or rates is None else regression.weights(2 * rates)
-            covariance = _minus_cross(test, w_cov, cross, full_cov)
+    if rates is None and kind != "gd-ensemble" and main.test_train is not None:
+        test = None if cov is None else (main.test if full_cov else main.test_diagonal())
+        mean, covariance = _gp_conditional(psd, main.test_train, test, y, full_cov)
+    else:
+        mean, covariance = _by_weights(psd, blocks, names[0], kind, y, rates, cov)
+        if rates is not None:
+            _check_learning_rate(psd, learning_rate, m)
     if not time_axis and rates is not None:
         mean = mean[0]
         covariance = None if covariance is None else covariance[0]
@@ -623,5 +650,5 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     var = covariance
     if full_cov:
         var = covariance.diagonal(dim1=-2, dim2=-1)
-    return Posterior(kind, mean, covariance if full_cov else None, var, times,
-                     main.test_train is None)
+    return Posterior(kind, mean, covariance if full_cov else None, var,
+                     times if time_axis or times is None else times[0], main.test_train is None)

@@ -10,8 +10,9 @@ accepts any of
   divided by k, the per-output kernel like ``arch.kernel(...).ntk``); there is no empirical NNGP;
 - a **callable** ``k(x1, x2) -> (n1, n2) matrix``: one kernel, used whatever kernel is asked for;
   or ``k(x1, x2) -> object with .nngp / .ntk``: both kernels;
-- **precomputed matrices**: a :class:`KernelBlocks` (one kernel), a bare ``(n, n)`` matrix, a tuple
-  ``(train, test_train[, test])``, or a dict ``{"ntk": blocks, "nngp": blocks}`` of those.
+- **precomputed matrices**: a :class:`KernelBlocks` (one kernel), a bare ``(n, n)`` matrix or
+  :class:`~ntkprior.linalg.SymmetricPSD`, a tuple ``(train, test_train[, test])``, or a dict
+  ``{"ntk": blocks, "nngp": blocks}`` of those.
 
 The result is a :class:`KernelSource` whose :meth:`KernelSource.blocks` returns, per kernel name, the
 train-train, test-train and test-test blocks as float64 torch tensors.
@@ -236,6 +237,10 @@ class _PrecomputedSource(KernelSource):
     """Matrices the user computed: per kernel name, or one unnamed kernel."""
 
     def __init__(self, blocks: dict[str | None, KernelBlocks]):
+        sizes = {k: (b.n_train, b.n_test) for k, b in blocks.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"arch_or_kernel: the precomputed kernels describe different inputs "
+                             f"((n_train, n_test) per kernel: {sizes}); compute them on the same inputs")
         self._blocks = blocks
         self.names = None if None in blocks else tuple(blocks)
         self.description = "the precomputed kernel matrices"
@@ -281,7 +286,7 @@ def _as_blocks(value, name: str) -> KernelBlocks:
 
 
 def _is_matrix(obj) -> bool:
-    return isinstance(obj, (np.ndarray, torch.Tensor))
+    return isinstance(obj, (np.ndarray, torch.Tensor, SymmetricPSD))
 
 
 def is_kernel_operator(obj) -> bool:

@@ -59,6 +59,12 @@ class Eigenmodes:
     def __len__(self) -> int:
         return self.values.shape[0]
 
+    def __repr__(self) -> str:
+        top = ", ".join(f"{float(v):.4g}" for v in self.values[:5])
+        more = ", ..." if len(self) > 5 else ""
+        return (f"Eigenmodes(kernel={self.kernel!r}, n={self.vectors.shape[0]}, k={len(self)}, "
+                f"values=[{top}{more}])")
+
     def functions(self, x_new=None, *, cross=None) -> torch.Tensor:
         """Eigenfunctions at new inputs by the Nyström extension: ``phi_i(x) = H(x, X) v_i / lambda_i``.
 
@@ -155,7 +161,7 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str = "ntk"
     x_kept = None if x is None else as_inputs(x, "x")
     if dense:
         w, v = as_symmetric_psd(matrix, f"{label.upper()} of the inputs").eigh()
-        values, vectors = w.flip(0)[:k], v.flip(1)[:, :k]
+        values, vectors = w[n - k:].flip(0), v[:, n - k:].flip(1)     # copies only n x k
     else:
         if not isinstance(matrix, torch.Tensor):
             matrix = matrix.matrix
