@@ -114,7 +114,8 @@ MODELS = {
                                   nn.Flatten(), nn.Linear(36, 1)), (2, 5, 5)),
     "residual": (Residual, (3,)),
     "batchnorm-eval": (batchnorm_cnn, (2, 7)),
-    "multi-output": (lambda: nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)), (3,)),
+    "multi-output": (lambda: nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)),
+                     (3,)),          # 3 layers: Θ(x, x')_cd != Θ(x, x')_dc
     "shared-layer": (SharedLayer, (3,)),
     "ntkprior-dense": (ntkprior_mlp, (3,)),
     "attention": (AttentionBlock, (3, 4)),
@@ -208,7 +209,7 @@ def test_parameter_subset_holds_the_rest_fixed():
         ref = reference_ntk(model, x, names=[names] if isinstance(names, str) else names)
         for method in METHODS:
             assert_close(empirical_ntk(model, x, params=names, method=method, output="full"), ref)
-    first, rest = ["0.weight", "2.bias"], ["0.bias", "2.weight"]      # the trace is additive over parameters
+    first, rest = ["0.weight", "2.bias", "4.weight"], ["0.bias", "2.weight", "4.bias"]   # trace: additive
     parts = empirical_ntk(model, x, params=first) + empirical_ntk(model, x, params=rest)
     assert_close(parts, empirical_ntk(model, x))
 
@@ -247,6 +248,15 @@ def test_blocks_within_a_small_memory_budget():
     for method in METHODS:
         assert_close(empirical_ntk(model, x, method=method, output="full", max_memory=budget, progress=True), ref)
         assert_close(empirical_ntk(model, x, x[:4], method=method, max_memory=budget), traced(ref[:, :4]))
+    model, x = make("multi-output", n=9)     # k = 3: a mirrored block (j, i) swaps the output axes too
+    ref, budget = reference_ntk(model, x), 10_000
+    problem = em._Problem(model, None, None)
+    problem.probe(x[:3])
+    assert em._plan_blocks(em._StructuredPlan(problem, x[:3], budget).cost("full"), 9, 9, budget, "")[0] < 9
+    for method in METHODS:
+        assert_close(empirical_ntk(model, x, method=method, output="full", max_memory=budget), ref)
+        assert_close(empirical_ntk(model, x, method=method, output="diagonal", max_memory=budget),
+                     traced(ref).diagonal())
 
 
 class Elementwise(nn.Module):

@@ -536,16 +536,23 @@ class _Blocks:
 
 def _blockwise_kernel(featurize, x1, x2, output: str, block: int, keep: bool, progress: bool,
                       problem: _Problem) -> torch.Tensor:
-    """Assemble Θ from (row block, column block) contractions; only upper blocks when x2 is None."""
-    rows = _Blocks(featurize, x1, block, keep)
+    """Assemble Θ from (row block, column block) contractions; only upper blocks when x2 is None.
+
+    Row features are computed once per row block; column features are kept when ``keep``
+    (row features too when they are also the columns), else recomputed.
+    """
+    symmetric = x2 is None
+    rows = _Blocks(featurize, x1, block, keep and symmetric and output != "diagonal")
     like = dict(dtype=problem.dtype, device=problem.device)
     if output == "diagonal":
         result = torch.empty(len(x1), **like)
         for i, s in enumerate(tqdm(rows.slices, desc="empirical NTK", unit="block", disable=not progress)):
             result[s] = st.kernel_diagonal(rows[i])
         return result
-    symmetric = x2 is None
     cols = rows if symmetric else _Blocks(featurize, x2, block, keep)
+    if len(rows.slices) == len(cols.slices) == 1:
+        f1 = rows[0]
+        return st.kernel_block(f1, f1 if symmetric else cols[0], output).contiguous()
     k = problem.k
     result = torch.empty(len(x1), len(cols.x), *((k, k) if output == "full" else ()), **like)
     n_pairs = sum(len(cols.slices) - (i if symmetric else 0) for i in range(len(rows.slices)))
