@@ -174,7 +174,7 @@ def test_bad_inputs(problem):
     assert LinearizedDynamics(theta, y, learning_rate=0.1, method="flow").at(2.5).times[0] == 2.5
     with pytest.raises(ValueError, match="'network' needs a torch.nn.Module"):
         linearized_dynamics(p["arch"], p["x"], y, learning_rate=0.1, f0="network")
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(ValueError, match="arch_or_kernel"):
         linearized_dynamics("relu", p["x"], y, learning_rate=0.1)
     with pytest.raises(ValueError, match="x_test"):
         linearized_dynamics(p["arch"], p["x"], y, p["xt"][:, :2], learning_rate=0.1)

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import as_inputs, as_labels, check_same_features, to_tensor, check_finite
+from .data import as_inputs, as_labels, check_finite, to_tensor
+from .empirical import empirical_ntk
 from .linalg import SymmetricPSD
+from .sources import resolve_kernels
 
 METHODS = ("gd", "flow")
 
@@ -65,10 +67,10 @@ class Trajectory:
         f_t(X*), None without test inputs.
     loss : torch.Tensor (T,)
         ``½ · mean`` squared training error over the m = n·k outputs.
-    mode_residuals : torch.Tensor (T, n, k)
+    mode_residuals : torch.Tensor (T, n, k), or (T, n·k, 1) for a full (n, n, k, k) kernel
         The training residual f_t(X) − Y split per eigenmode: ``v_iᵀ (f_t(X) − Y)``, i.e.
         ``g(λ_i, t) · v_iᵀ (f0(X) − Y)``. Summing squares over modes gives ‖f_t(X) − Y‖².
-    eigenvalues : torch.Tensor (n,)
+    eigenvalues : torch.Tensor (n,) (or (n·k,))
         Eigenvalues λ_i of Θ, descending (the order of ``mode_residuals``).
     learning_rate : float
     method : str
@@ -90,10 +92,13 @@ class LinearizedDynamics:
 
     Parameters
     ----------
-    theta : (n, n) kernel on the training inputs (array, tensor or ``SymmetricPSD``; its
-        cached eigendecomposition is reused).
+    theta : (n, n) kernel on the training inputs, shared by the k outputs (array, tensor or
+        ``SymmetricPSD``; its cached eigendecomposition is reused); or the full kernel
+        (n, n, k, k) of a k-output network (``empirical_ntk(..., output="full")``), which is
+        then flattened to (n·k, n·k): exact for a finite network, whose outputs are coupled.
     y_train : (n,) or (n, k) labels.
-    theta_test_train : (n_test, n) kernel between test and training inputs, or None.
+    theta_test_train : (n_test, n) (or (n_test, n, k, k)) kernel between test and training
+        inputs, or None.
     learning_rate : η.
     method : ``"gd"`` (discrete steps, ``(I − ηΘ/m)^t``) or ``"flow"`` (``e^{−ηΘt/m}``).
     f0_train, f0_test : the initial outputs f0(X) (n, k) and f0(X*) (n_test, k); None means
@@ -107,11 +112,17 @@ class LinearizedDynamics:
             raise ValueError(f"method: expected one of {METHODS} ('gd' for discrete steps, 'flow' for "
                              f"continuous gradient flow), got {method!r}")
         self.method = method
+        self.learning_rate = _check_learning_rate(learning_rate)
+        full = _FullKernel.detect(theta, y_train)
+        if full is not None:
+            theta, theta_test_train = full.flatten_kernel(theta, "theta"), full.flatten_kernel(theta_test_train, "theta_test_train")
+            y_train, f0_train, f0_test = (full.flatten_outputs(v, name) for v, name in
+                                          ((y_train, "y_train"), (f0_train, "f0_train"), (f0_test, "f0_test")))
+        self._full = full
         self.kernel = theta if isinstance(theta, SymmetricPSD) else SymmetricPSD(theta, "theta", diag_reg=diag_reg)
         n = self.kernel.n
         self.y = as_labels(y_train, n, "y_train")
         self.m = self.y.numel()
-        self.learning_rate = _check_learning_rate(learning_rate)
         self.theta_test_train = _cross_kernel(theta_test_train, n)
         self.f0_train = (torch.zeros_like(self.y) if f0_train is None
                          else _outputs(f0_train, self.y.shape, "f0_train"))
@@ -184,6 +195,8 @@ class LinearizedDynamics:
             if infinite.any():
                 test[torch.from_numpy(infinite)] = self._converged_test_outputs()
         loss = 0.5 * modes.pow(2).sum(dim=(1, 2)) / self.m
+        if self._full is not None:
+            train, test = self._full.unflatten(train), self._full.unflatten(test)
         return Trajectory(times=times, train_outputs=train, test_outputs=test, loss=loss,
                           mode_residuals=modes, eigenvalues=self.eigenvalues,
                           learning_rate=self.learning_rate, method=self.method)
@@ -201,67 +214,108 @@ class LinearizedDynamics:
                           "every step and the discrete closed form diverges", stacklevel=3)
 
 
-def linearized_dynamics(source, x_train, y_train, x_test=None, *, learning_rate: float,
+class _FullKernel:
+    """A full multi-output kernel (n, n, k, k) handled as one (n·k, n·k) kernel on flattened
+    outputs: row ``i·k + c`` is output c at input i. The loss ``½ · mean`` over the n·k outputs
+    and hence m are unchanged."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    @classmethod
+    def detect(cls, theta, y_train):
+        if isinstance(theta, SymmetricPSD) or np.ndim(theta) != 4:
+            return None
+        shape = tuple(theta.shape)
+        if shape[0] != shape[1] or shape[2] != shape[3]:
+            raise ValueError(f"theta: a full kernel has shape (n, n, k, k), got {shape}")
+        k = shape[2]
+        cols = 1 if np.ndim(y_train) == 1 else np.shape(y_train)[-1]
+        if cols != k:
+            raise ValueError(f"y_train: has {cols} output column(s) but the full kernel theta is for "
+                             f"k = {k} outputs (shape {shape})")
+        return cls(k)
+
+    def flatten_kernel(self, kernel, name: str):
+        if kernel is None:
+            return None
+        t = to_tensor(kernel, name)
+        if t.ndim != 4 or t.shape[2:] != (self.k, self.k):
+            raise ValueError(f"{name}: expected a full kernel of shape (n1, n2, {self.k}, {self.k}) "
+                             f"like theta, got {tuple(t.shape)}")
+        n1, n2 = t.shape[:2]
+        return t.permute(0, 2, 1, 3).reshape(n1 * self.k, n2 * self.k)
+
+    def flatten_outputs(self, values, name: str):
+        if values is None:
+            return None
+        t = to_tensor(values, name)
+        if t.ndim != 2 or t.shape[1] != self.k:
+            raise ValueError(f"{name}: expected shape (n, {self.k}), got {tuple(t.shape)}")
+        return t.reshape(-1, 1)
+
+    def unflatten(self, outputs):
+        return None if outputs is None else outputs.reshape(outputs.shape[0], -1, self.k)
+
+
+def linearized_dynamics(arch_or_kernel, x_train, y_train, x_test=None, *, learning_rate: float,
                         method: str = "gd", f0=None, diag_reg: float = 0.0) -> LinearizedDynamics:
-    """Closed-form dynamics for the kernel of ``source`` on these inputs.
+    """Closed-form dynamics for the NTK of ``arch_or_kernel`` on these inputs.
 
-    ``source`` is
-    - an architecture (``ntkprior.serial``): its analytic infinite-width NTK;
-    - a ``torch.nn.Module``: its empirical NTK at its current parameters (one finite
-      network, linearised around them);
-    - a kernel matrix Θ (n, n) or a pair ``(Θ, Θ*X)``; ``x_train``/``x_test`` are then only
-      used for shapes and may be None.
+    ``arch_or_kernel`` is anything ``ntkprior.sources.resolve_kernels`` accepts: an
+    architecture (its analytic infinite-width NTK), a ``torch.nn.Module`` (its full empirical
+    NTK (n, n, k, k) at its current parameters: one finite network, linearised exactly around
+    them), a callable
+    ``k(x1, x2)``, or precomputed matrices (``Θ``, ``(Θ, Θ*X)`` or ``KernelBlocks``; the
+    inputs may then be None).
 
-    ``f0`` is None (initial outputs 0), ``"network"`` (the module's own outputs f0(X), f0(X*);
-    only for a module), or a pair ``(f0(X), f0(X*))``.
+    ``f0`` is None (initial outputs 0: the mean over random initialisations), ``"network"``
+    (the module's own outputs f0(X), f0(X*); only for a module), or a pair ``(f0(X), f0(X*))``.
     """
-    theta, theta_tx, f0_train, f0_test = _kernels_and_initial_outputs(source, x_train, x_test, f0)
-    return LinearizedDynamics(theta, y_train, theta_tx, learning_rate=learning_rate, method=method,
-                              f0_train=f0_train, f0_test=f0_test, diag_reg=diag_reg)
-
-
-def _kernels_and_initial_outputs(source, x_train, x_test, f0):
-    if isinstance(source, torch.nn.Module):
-        from .empirical import empirical_ntk
-        xs = _inputs(x_train, x_test)
-        theta = empirical_ntk(source, xs[0])
-        theta_tx = None if len(xs) == 1 else empirical_ntk(source, xs[1], xs[0])
-        if isinstance(f0, str) and f0 == "network":
-            with torch.no_grad():
-                outs = [_as_2d(source(x)) for x in xs]
-            return theta, theta_tx, outs[0], (outs[1] if len(outs) == 2 else None)
-    elif hasattr(source, "kernel") and hasattr(source, "build"):
-        xs = _inputs(x_train, x_test)
-        theta = source.kernel(xs[0]).ntk
-        theta_tx = None if len(xs) == 1 else source.kernel(xs[1], xs[0]).ntk
-    elif isinstance(source, (tuple, list)) and len(source) == 2:
-        theta, theta_tx = source
-    elif isinstance(source, (torch.Tensor, np.ndarray, SymmetricPSD)):
-        theta, theta_tx = source, None
+    if isinstance(arch_or_kernel, torch.nn.Module):
+        theta, theta_tx = _full_empirical_kernels(arch_or_kernel, x_train, x_test)
     else:
-        raise ValueError(f"source: expected an architecture, a torch.nn.Module, a kernel matrix or a pair "
-                         f"(theta, theta_test_train), got {type(source).__name__}")
+        blocks = resolve_kernels(arch_or_kernel).blocks(["ntk"], x_train, x_test, test=None)["ntk"]
+        theta, theta_tx = blocks.train, blocks.test_train
+    f0_train, f0_test = _initial_outputs(arch_or_kernel, f0, x_train, x_test)
+    return LinearizedDynamics(theta, y_train, theta_tx, learning_rate=learning_rate,
+                              method=method, f0_train=f0_train, f0_test=f0_test, diag_reg=diag_reg)
+
+
+def _full_empirical_kernels(model: torch.nn.Module, x_train, x_test):
+    """The module's full empirical NTK (n, n, k, k) on the training inputs, and test-train block.
+
+    The full kernel (not the trace over outputs) makes the linearisation exact for k > 1 outputs.
+    """
+    if x_train is None:
+        raise ValueError("x_train: is required to compute the empirical NTK of a module")
+    theta = empirical_ntk(model, x_train, output="full")
+    theta_tx = None if x_test is None else empirical_ntk(model, x_test, x_train, output="full")
+    return theta.to(torch.float64), (None if theta_tx is None else theta_tx.to(torch.float64))
+
+
+def _initial_outputs(arch_or_kernel, f0, x_train, x_test):
+    """(f0(X), f0(X*)) from the ``f0`` argument: None, "network" or a pair of arrays."""
+    if f0 is None:
+        return None, None
     if isinstance(f0, str):
         if f0 != "network":
             raise ValueError(f"f0: expected None, 'network' or a pair (f0_train, f0_test), got {f0!r}")
-        raise ValueError("f0: 'network' needs a torch.nn.Module as source (its own initial outputs); "
-                         "for an architecture or matrices pass f0=(f0_train, f0_test) arrays")
-    if f0 is None:
-        return theta, theta_tx, None, None
+        if not isinstance(arch_or_kernel, torch.nn.Module):
+            raise ValueError("f0: 'network' needs a torch.nn.Module as arch_or_kernel (its own initial "
+                             "outputs); for an architecture or matrices pass f0=(f0_train, f0_test) arrays")
+        return tuple(None if x is None else _network_outputs(arch_or_kernel, x, name)
+                     for x, name in ((x_train, "x_train"), (x_test, "x_test")))
     if not (isinstance(f0, (tuple, list)) and len(f0) == 2):
         raise ValueError(f"f0: expected None, 'network' or a pair (f0_train, f0_test), got {type(f0).__name__}")
-    return theta, theta_tx, f0[0], f0[1]
+    return f0[0], f0[1]
 
 
-def _inputs(x_train, x_test) -> list[torch.Tensor]:
-    xs = [as_inputs(x_train, "x_train")]
-    if x_test is not None:
-        xs.append(as_inputs(x_test, "x_test"))
-        check_same_features(xs[0], xs[1], "x_train", "x_test")
-    return xs
-
-
-def _as_2d(out: torch.Tensor) -> torch.Tensor:
+def _network_outputs(model: torch.nn.Module, x, name: str) -> torch.Tensor:
+    """The model's outputs on x as a float64 (n, k) tensor (inputs cast to the model's dtype)."""
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        out = model(as_inputs(x, name, dtype=dtype))
     return out.detach().to(torch.float64).reshape(out.shape[0], -1)
 
 
