@@ -5,8 +5,9 @@ each tile as one Dask task — analytic kernels through ``arch.kernel``, empiric
 through :func:`ntkprior.empirical.empirical_ntk`, with the architecture or model and the
 inputs shipped once to every worker — and each task writes its tile straight into a
 chunked zarr array (one chunk per tile), then marks the tile done. Symmetric kernels
-(``x2=None``) compute only the tiles on and above the diagonal and write each
-off-diagonal tile a second time, transposed, below it. Calling it again with the same
+(``x2=None``) compute and store only the tiles on and above the diagonal; readers
+mirror them (writing the mirror too doubled the time at n = 8000, where the disk
+absorbs about 120 MB/s once the page cache is full). Calling it again with the same
 arguments resumes: tiles marked done are skipped, and since a tile is marked only after
 its data are written, an interrupted write is recomputed. The store layout is described
 in :mod:`ntkprior.stored`; the result is returned as a :class:`~ntkprior.stored.StoredKernel`.
@@ -23,6 +24,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -70,7 +72,7 @@ def kernel_block(source: TileSource, x_rows: torch.Tensor, x_cols: torch.Tensor 
     The single definition of a tile's arithmetic, shared by the workers and the in-process
     path. A diagonal tile is computed as the symmetric kernel of its rows, so its diagonal
     is exact (angle 0, not round-off), and its upper triangle is mirrored into the lower
-    one, so a symmetric stored kernel is exactly symmetric. The inputs are copied into fresh (aligned) memory
+    one, so that a symmetric kernel is exactly symmetric. The inputs are copied into fresh (aligned) memory
     first: torch's vectorised loops round differently when a view starts at another
     alignment (measured: 1-ulp differences in the last columns of an edge tile).
     """
@@ -85,23 +87,33 @@ def kernel_block(source: TileSource, x_rows: torch.Tensor, x_cols: torch.Tensor 
     return np.ascontiguousarray(tile if x_cols is not None else np.triu(tile) + np.triu(tile, 1).T)
 
 
-def kernel_blocks_in_memory(arch_or_model, x1, x2=None, *, kind: str = "ntk", block: int = 4096) -> torch.Tensor:
+def kernel_blocks_in_memory(arch_or_model, x1, x2=None, *, kind: str = "ntk", block: int = 4096,
+                            threads: int = 1) -> torch.Tensor:
     """The same tiles as :func:`kernel_matrix`, computed in this process into memory.
 
-    The in-process reference: equal, bit for bit, to the stored matrix.
+    The in-process reference: equal, bit for bit, to the stored matrix when torch runs with
+    the same thread count as the workers. ``threads``: tiles computed concurrently on this
+    many Python threads (torch releases the GIL; set ``torch.set_num_threads(1)`` to give
+    each tile one core, as a worker does).
     """
     source = TileSource(arch_or_model, kind)
     x1, x2, block = _check_inputs(x1, x2, block)
     symmetric = x2 is None
     cols = x1 if symmetric else x2
-    out = np.empty((x1.shape[0], cols.shape[0]))
     rows_spans, cols_spans = spans(x1.shape[0], block), spans(cols.shape[0], block)
-    for i, j in block_pairs(x1.shape[0], cols.shape[0], block, symmetric):
-        (r0, r1), (c0, c1) = rows_spans[i], cols_spans[j]
-        tile = kernel_block(source, x1[r0:r1], None if symmetric and i == j else cols[c0:c1])
-        out[r0:r1, c0:c1] = tile
-        if symmetric and i != j:
-            out[c0:c1, r0:r1] = tile.T
+    pairs = block_pairs(x1.shape[0], cols.shape[0], block, symmetric)
+
+    def compute(pair):
+        (r0, r1), (c0, c1) = rows_spans[pair[0]], cols_spans[pair[1]]
+        return kernel_block(source, x1[r0:r1], None if symmetric and pair[0] == pair[1] else cols[c0:c1])
+
+    out = np.empty((x1.shape[0], cols.shape[0]))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for (i, j), tile in zip(pairs, pool.map(compute, pairs)):
+            (r0, r1), (c0, c1) = rows_spans[i], cols_spans[j]
+            out[r0:r1, c0:c1] = tile
+            if symmetric and i != j:
+                out[c0:c1, r0:r1] = tile.T
     return torch.from_numpy(out)
 
 
@@ -208,7 +220,7 @@ def _create_arrays(group, x1, x2, block: int, shape) -> None:
 
 def _store_block(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, location: str,
                  block: int, i: int, j: int, torch_threads: int) -> tuple[int, int]:
-    """Worker task: compute tile (i, j), write it (and its mirror), then mark it done."""
+    """Worker task: compute tile (i, j), write it, then mark it done."""
     zarr = require("zarr")
     torch.set_num_threads(torch_threads)
     symmetric = x2 is None
@@ -217,8 +229,6 @@ def _store_block(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, 
     tile = kernel_block(source, x1[r0:r1], None if symmetric and i == j else cols[c0:c1])
     group = zarr.open_group(location, mode="r+")
     group[KERNEL][r0:r1, c0:c1] = tile
-    if symmetric and i != j:
-        group[KERNEL][c0:c1, r0:r1] = tile.T
     group[DONE][i, j] = 1  # only after the data: an interrupted write is never marked complete
     return i, j
 

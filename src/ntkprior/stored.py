@@ -13,14 +13,15 @@ Store layout (format 1), one zarr group::
                         "shape": [n1, n2], "block": b, "symmetric": bool}
     kernel             (n1, n2) float64, chunks (b, b), uncompressed, NaN where never written
     done               (ceil(n1/b), ceil(n2/b)) uint8, one chunk per flag: 1 once tile
-                       (i, j) — and, in a symmetric store, its mirror (j, i) — is fully written
+                       (i, j) is fully written
     x1, x2             the inputs (x2 only for a cross kernel)
 
-A symmetric store holds the whole matrix (the lower triangle is written as the exact
-transpose of the computed upper one), so any zarr or dask reader sees the true kernel;
-the streamed products read only the upper-triangle tiles and use each twice, halving
-the reading. The ``done`` flag of a tile is written after its data, so a tile whose
-write was interrupted is never taken as complete.
+A symmetric store holds only the tiles on and above the diagonal (i ≤ j; a diagonal tile
+whole and exactly symmetric): half the writing, the disk space and the reading. Its
+lower tiles read as NaN from the raw zarr array; :meth:`StoredKernel.load` and the
+streamed products mirror the upper ones (each off-diagonal tile is used twice per
+product). The ``done`` flag of a tile is written after its data, so a tile whose write
+was interrupted is never taken as complete.
 
 zarr is an optional dependency: ``pip install "ntkprior[distributed]"``.
 """
@@ -169,10 +170,22 @@ class StoredKernel:
         return view
 
     def load(self) -> torch.Tensor:
-        """The whole matrix (with the ridge) in memory: only for kernels that fit."""
-        matrix = torch.from_numpy(self._array[...])
+        """The whole matrix (with the ridge) in memory, the lower triangle mirrored: only for kernels that fit."""
+        matrix = torch.from_numpy(self._assemble())
         if self.ridge:
             matrix.diagonal().add_(self.ridge)
+        return matrix
+
+    def _assemble(self) -> np.ndarray:
+        if not self.symmetric:
+            return self._array[...]
+        matrix = np.empty(self.shape)
+        for group in self._tile_groups():
+            tiles = self._read(group)
+            r0, c0 = group[0] * self.block, group[1] * self.block
+            r1, c1 = r0 + tiles.shape[0], c0 + tiles.shape[1]
+            matrix[r0:r1, c0:c1] = tiles
+            matrix[c0:c1, r0:r1] = tiles.T
         return matrix
 
     def _raw_diagonal(self) -> np.ndarray:
@@ -243,7 +256,7 @@ class StoredKernel:
         if self.shape[0] * self.shape[1] * 8 > self._max_memory // 2:
             return None
         if "matrix" not in self._cache:
-            self._cache["matrix"] = self._array[...]
+            self._cache["matrix"] = self._assemble()
         return self._cache["matrix"]
 
     def _product(self, v: np.ndarray, transpose: bool) -> np.ndarray:
@@ -271,7 +284,7 @@ class StoredKernel:
                     out[c0:c1] += tiles.T @ v[r0:r1]
                     continue
                 out[r0:r1] += tiles @ v[c0:c1]
-                if self.symmetric:  # the mirrored lower tiles, skipping the diagonal tile
+                if self.symmetric:  # the unstored lower tiles K[J, I] = K[I, J]ᵀ, skipping the diagonal
                     off = r1 - c0 if j0 == i else 0
                     out[c0 + off:c1] += tiles[:, off:].T @ v[r0:r1]
         return out

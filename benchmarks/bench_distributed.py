@@ -1,0 +1,216 @@
+"""Kernel matrices on Dask into zarr stores, and the streamed operators over them.
+
+    python benchmarks/bench_distributed.py [--n 30000] [--overhead-n 8000] [--workers 2]
+        [--block 4096] [--overhead-block 2000] [--k 20] [--diag-reg 1e-2] [--store-dir /tmp]
+        [--skip-scale] [--skip-overhead]
+
+Architecture: Dense(512, 1.5, 0.05) ReLU Dense(512, 1.5, 0.05) ReLU Dense(1, 1.5, 0.05) (the
+depth-3 ReLU NTK of bench_kernels.py) on X ~ N(0, 1) of shape (n, 10), float64.
+
+1. Overhead (issue 7 target: under 25 %) at n = --overhead-n: the in-process blockwise path
+   (``kernel_blocks_in_memory``: the same tiles, same arithmetic, into memory) on --workers
+   cores, either as torch threads or as tiles computed --workers at a time with one torch
+   thread each (the faster of the two is the baseline), against the distributed path
+   (``kernel_matrix`` on a LocalCluster of --workers single-threaded worker processes, writing
+   the zarr store). All warmed up; best of 2. The in-process path on one core is shown for
+   scale, and neural-tangents' whole-matrix kernel (one process) when its venv exists.
+2. Scale at n = --n: the kernel into a zarr store on the default LocalCluster, then the top --k
+   eigenpairs (block Lanczos) and a CG solve of (K + ridge·I) x = y with the Nyström
+   preconditioner, ridge = --diag-reg · mean(diag K). Wall times, passes over the store, and the
+   peak resident memory (``ru_maxrss``) of every process: each worker (asked through
+   ``client.run`` before the cluster closes) and the process running the operators. The main
+   process's figures come from a fresh process, so nothing else inflates them. Bound stated:
+   every process under 2.5 GB, a third of the 7.2 GB that the dense float64 matrix needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+BOUND_BYTES = 2.5e9
+
+
+def architecture():
+    import ntkprior as ntp
+    return ntp.serial(ntp.Dense(512, 1.5, 0.05), ntp.ReLU(), ntp.Dense(512, 1.5, 0.05), ntp.ReLU(),
+                      ntp.Dense(1, 1.5, 0.05))
+
+
+def inputs(n: int, d: int):
+    import numpy as np
+    import torch
+    return torch.from_numpy(np.random.default_rng(0).standard_normal((n, d)))
+
+
+def worker_peaks(client) -> list[int]:
+    import resource
+    return sorted(v * 1024 for v in client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())
+
+
+def best_of(fn, repeats: int = 2) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def overhead(a) -> dict:
+    import torch
+    from dask.distributed import Client
+
+    from ntkprior.distributed import kernel_blocks_in_memory, kernel_matrix, local_cluster
+    arch, x = architecture(), inputs(a.overhead_n, a.d)
+    store = Path(a.store_dir) / "bench_overhead.zarr"
+    res = {}
+    # (torch threads, tiles in parallel): one core; all cores inside torch; all cores over tiles
+    for torch_threads, tile_threads in ((1, 1), (a.workers, 1), (1, a.workers)):
+        torch.set_num_threads(torch_threads)
+
+        def run(rows=x):
+            kernel_blocks_in_memory(arch, rows, block=a.overhead_block, threads=tile_threads)
+
+        run(x[:a.overhead_block])                                                        # warm-up
+        res[f"in_process_{torch_threads}x{tile_threads}_s"] = best_of(run)
+    t0 = time.perf_counter()
+    with local_cluster(a.workers, dashboard_address=None) as cluster, Client(cluster) as client:
+        res["cluster_start_s"] = time.perf_counter() - t0
+        kernel_matrix(arch, x[:a.overhead_block], store=store, block=a.overhead_block, client=client,
+                      overwrite=True)                                                     # warm-up
+        res["distributed_s"] = best_of(lambda: kernel_matrix(arch, x, store=store, block=a.overhead_block,
+                                                             client=client, overwrite=True))
+    shutil.rmtree(store)
+    return res
+
+
+class CountingKernel:
+    """Counts the streamed passes a StoredKernel makes over its store."""
+
+    def __init__(self, stored):
+        self.passes = 0
+        inner = stored._product
+
+        def product(v, transpose):
+            self.passes += 1
+            return inner(v, transpose)
+
+        stored._product = product
+
+
+def scale_store(a) -> dict:
+    """Compute the n x n kernel into the store on the default-sized LocalCluster."""
+    from dask.distributed import Client
+
+    from ntkprior.distributed import kernel_matrix, local_cluster
+    store = Path(a.store_dir) / "bench_scale.zarr"
+    x = inputs(a.n, a.d)
+    t0 = time.perf_counter()
+    with local_cluster(a.workers, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("ntkprior.layers"))       # worker imports, not the kernel
+        start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        kernel_matrix(architecture(), x, store=store, block=a.block, client=client, overwrite=True,
+                      progress=True)
+        compute = time.perf_counter() - t0
+        peaks = worker_peaks(client)
+    return {"cluster_start_s": start, "kernel_s": compute, "worker_peak_bytes": peaks,
+            "client_peak_bytes": common.peak_rss(), "store": str(store)}
+
+
+def scale_operators(a) -> dict:
+    """Top-k eigenpairs and a CG solve on the stored kernel, in a fresh process."""
+    import numpy as np
+
+    from ntkprior.stored import StoredKernel
+    stored = StoredKernel(Path(a.store_dir) / "bench_scale.zarr")
+    counter = CountingKernel(stored)
+    t0 = time.perf_counter()
+    values, _ = stored.eigsh(a.k)
+    eig_s, eig_passes = time.perf_counter() - t0, counter.passes
+    op = stored.regularised(a.diag_reg)
+    x = stored.x1.numpy()
+    y = np.sin(x[:, 0]) + 0.1 * np.random.default_rng(1).standard_normal(len(x))
+    counter.passes = 0
+    t0 = time.perf_counter()
+    sol = op.solve(y).numpy()
+    solve_s, solve_passes = time.perf_counter() - t0, counter.passes
+    residual = float(np.linalg.norm(op.matvec(sol).numpy() - y) / np.linalg.norm(y))
+    return {"eigsh_s": eig_s, "eigsh_passes": eig_passes, "top_eigenvalues": values[:3].tolist(),
+            "solve_s": solve_s, "solve_passes": solve_passes, "solve_relative_residual": residual,
+            "operators_peak_bytes": common.peak_rss()}
+
+
+def gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.2f} GB"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=30000)
+    p.add_argument("--overhead-n", type=int, default=8000)
+    p.add_argument("--d", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--block", type=int, default=4096)
+    p.add_argument("--overhead-block", type=int, default=2000)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--diag-reg", type=float, default=1e-2)
+    p.add_argument("--store-dir", default="/tmp")
+    p.add_argument("--skip-scale", action="store_true")
+    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--part", choices=["overhead", "store", "operators"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.part:
+        print(json.dumps({"overhead": overhead, "store": scale_store, "operators": scale_operators}[a.part](a)))
+        return
+    forwarded = [arg for arg in sys.argv[1:] if arg not in ("--skip-scale", "--skip-overhead")]
+
+    def part(name: str) -> dict:
+        return common.run_isolated(Path(__file__), *forwarded, "--part", name)
+
+    if not a.skip_overhead:
+        n = a.overhead_n
+        print(f"1. overhead at n = {n}, d = {a.d}, tiles of {a.overhead_block}, {a.workers} workers x 1 thread")
+        r = part("overhead")
+        w = a.workers
+        best = min(r[f"in_process_{w}x1_s"], r[f"in_process_1x{w}_s"])
+        print(f"   in-process blockwise, 1 core               : {r['in_process_1x1_s']:8.2f} s")
+        print(f"   in-process blockwise, torch {w} threads      : {r[f'in_process_{w}x1_s']:8.2f} s")
+        print(f"   in-process blockwise, {w} tiles at a time    : {r[f'in_process_1x{w}_s']:8.2f} s")
+        print(f"   distributed, LocalCluster {w} x 1, into zarr : {r['distributed_s']:8.2f} s   "
+              f"(+{r['cluster_start_s']:.1f} s cluster start-up, once)")
+        print(f"   overhead vs the faster {w}-core in-process path: "
+              f"{100 * (r['distributed_s'] / best - 1):+.0f} %  (target < +25 %)")
+        nt = common.neural_tangents("analytic", "--act", "relu", "--n", str(n), "--d", str(a.d),
+                                    "--repeats", "1")
+        if nt:
+            print(f"   neural-tangents whole matrix (NNGP+NTK, jit, 1 process): {nt['median_s']:8.2f} s")
+    if not a.skip_scale:
+        n = a.n
+        print(f"2. scale at n = {n}, d = {a.d}, tiles of {a.block}, {a.workers} workers; "
+              f"dense float64 matrix = {gb(n * n * 8)}")
+        s = part("store")
+        o = part("operators")
+        print(f"   kernel into zarr : {s['kernel_s']:8.1f} s  (+{s['cluster_start_s']:.1f} s cluster start-up and worker imports)")
+        print(f"   top {a.k} eigenpairs: {o['eigsh_s']:8.1f} s  ({o['eigsh_passes']} passes over the store); "
+              f"λ1..3 = {', '.join(f'{v:.5g}' for v in o['top_eigenvalues'])}")
+        print(f"   CG solve         : {o['solve_s']:8.1f} s  ({o['solve_passes']} passes incl. the Nyström "
+              f"sketch), ridge {a.diag_reg:g}·mean diag, relative residual {o['solve_relative_residual']:.1e}")
+        peaks = {**{f"worker {i}": v for i, v in enumerate(s["worker_peak_bytes"])},
+                 "client (kernel run)": s["client_peak_bytes"], "operators process": o["operators_peak_bytes"]}
+        for name, value in peaks.items():
+            print(f"   peak RSS {name:<20}: {gb(value)}")
+        print(f"   every process under {gb(BOUND_BYTES)}: {max(peaks.values()) < BOUND_BYTES}")
+        shutil.rmtree(s["store"])
+
+
+if __name__ == "__main__":
+    main()
