@@ -12,7 +12,9 @@ Each ntkprior method (auto, structured, jacobian, ntk-vp) is timed against
   (b) neural-tangents 0.6.5 structured derivatives (implementation 3, jitted; median of repeats after
       the compiling call) via ../shared/baselines/nt_baseline.py in its own venv, when that exists
       (NTKPRIOR_NT_PYTHON, default /opt/ntvenv/bin/python; NTKPRIOR_NT_BASELINE for the script).
-Times: the median of 3 calls after a warm-up call (one call when a call takes over 10 s).
+Times: the minimum of 5 calls after a warm-up call (one call when a call takes over 10 s), and
+neural-tangents' minimum over its repeats: on a shared machine the minimum is the least disturbed
+figure (as timeit recommends); medians are printed alongside.
 Threads: torch.set_num_threads(2) here (the machine has 2 cores; --threads to change); JAX uses its
 default (all cores). On a machine shared with other CPU-bound work 2 threads can be 10x slower than 1
 (FACTS.md): run it on a quiet machine.
@@ -78,18 +80,19 @@ def tutorial_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.
     return torch.stack([torch.einsum("Naf,Maf->NM", j1, j2) for j1, j2 in zip(jac1, jac2)]).sum(0)
 
 
-def timed(fn) -> float:
+def timed(fn) -> tuple[float, float]:
+    """(min, median) seconds of 5 calls after a warm-up call; one call when it takes over 10 s."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
     if first > 10:
-        return first
+        return first, first
     times = []
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times), statistics.median(times)
 
 
 def neural_tangents(model_name: str, n: int, float32: bool) -> dict | None:
@@ -111,23 +114,24 @@ def bench_case(model_name: str, n: int, dtype, methods) -> dict:
     label = f"{model_name} N={n} {str(dtype).replace('torch.', '')}"
     print(f"\n{label}  ({sum(p.numel() for p in model.parameters())} parameters)")
     reference = tutorial_ntk(model, x, x)
-    tutorial = timed(lambda: tutorial_ntk(model, x, x))
+    tutorial, tutorial_median = timed(lambda: tutorial_ntk(model, x, x))
     nt = neural_tangents(model_name, n, dtype == torch.float32)
-    nt_s = nt["median_s"] if nt else None
-    print(f"  {'tutorial vmap(jacrev)':24s} {tutorial:9.3f} s")
+    nt_s = nt["min_s"] if nt else None
+    print(f"  {'tutorial vmap(jacrev)':24s} {tutorial:9.3f} s  (median {tutorial_median:.3f})")
     if nt:
-        print(f"  {'neural-tangents impl 3':24s} {nt_s:9.3f} s   (first call with compilation {nt['first_s']:.2f} s)")
+        print(f"  {'neural-tangents impl 3':24s} {nt_s:9.3f} s  (median {nt['median_s']:.3f}; first call with "
+              f"compilation {nt['first_s']:.2f} s)")
     else:
         print("  neural-tangents: venv not found, skipped")
     results = {"tutorial": tutorial, "nt": nt_s}
     for method in methods:
         theta = empirical_ntk(model, x, method=method)
         err = float((theta - reference).abs().max() / reference.abs().max())
-        seconds = timed(lambda: empirical_ntk(model, x, method=method))
+        seconds, median = timed(lambda: empirical_ntk(model, x, method=method))
         results[method] = seconds
-        vs_nt = f"{nt_s / seconds:7.2f}x vs neural-tangents" if nt else ""
-        print(f"  {method:24s} {seconds:9.3f} s  {tutorial / seconds:8.1f}x vs tutorial  {vs_nt}"
-              f"   (max rel. diff from tutorial {err:.1e})")
+        vs_nt = f"{nt_s / seconds:6.2f}x neural-tangents' speed" if nt else ""
+        print(f"  {method:24s} {seconds:9.3f} s  (median {median:.3f})  {tutorial / seconds:7.1f}x faster than "
+              f"tutorial  {vs_nt}   (max rel. diff from tutorial {err:.1e})")
     return results
 
 
@@ -171,7 +175,7 @@ def main() -> None:
         peak_memory_child(a.peak_memory_child)
         return
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times are medians of 3 after a warm-up")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times are minima of 5 after a warm-up")
     sizes = {"mlp": (16,), "cnn": 8} if a.quick else {"mlp": (256, 512), "cnn": 128}
     summary = {}
     for dtype in (torch.float64, torch.float32):

@@ -8,14 +8,14 @@ gradient of an output f_c with respect to W for example i is ``s_w Σ_t g_ict a_
     Θ_W(x_i, x_j)_cd = s_w² Σ_{t,u} (a_it · a_ju) (g_ict · g_jdu)
     Θ_b(x_i, x_j)_cd = s_b² Σ_{t,u}            (g_ict · g_jdu)
 
-(Novak, Sohl-Dickstein & Schoenholz 2022, "Fast finite width neural tangent kernel").
+(Novak, Sohl-Dickstein & Schoenholz 2022, "Fast finite width neural tangent kernel"),
 so each layer needs its inputs A (n, groups, T, I) and backprop signals G (n, k, groups, T, O),
 collected with forward hooks in one forward pass and k backward passes of a data block. For a
 dense layer (T = 1) the term is (s_w² A Aᵀ + s_b²) ⊙ (G Gᵀ).
 
 When T² (I + k O) exceeds k O I (convolutions with few channels) it is cheaper to form
-each example's weight gradient ``Σ_t g_t a_tᵀ`` (k·O·I numbers) and contract those: the
-"explicit" path. Either way no per-parameter Jacobian of the network is formed.
+each example's weight-and-bias gradient ``Σ_t g_t ⊗ [s_w a_t, s_b]`` (k·O·(I+1) numbers) and
+contract those: the "explicit" path. Either way no per-parameter Jacobian of the network is formed.
 
 Supported modules: ``nn.Linear`` (any leading shape), ``nn.Conv1d``, ``nn.Conv2d`` (any
 padding, padding mode, stride, dilation and groups), and any module with ``weight``,
