@@ -98,23 +98,25 @@ def kernel_blocks_in_memory(arch_or_model, x1, x2=None, *, kind: str = "ntk", bl
     """
     source = TileSource(arch_or_model, kind)
     x1, x2, block = _check_inputs(x1, x2, block)
-    symmetric = x2 is None
-    cols = x1 if symmetric else x2
-    rows_spans, cols_spans = spans(x1.shape[0], block), spans(cols.shape[0], block)
-    pairs = block_pairs(x1.shape[0], cols.shape[0], block, symmetric)
-
-    def compute(pair):
-        (r0, r1), (c0, c1) = rows_spans[pair[0]], cols_spans[pair[1]]
-        return kernel_block(source, x1[r0:r1], None if symmetric and pair[0] == pair[1] else cols[c0:c1])
-
-    out = np.empty((x1.shape[0], cols.shape[0]))
+    n2 = (x1 if x2 is None else x2).shape[0]
+    out = np.empty((x1.shape[0], n2))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for (i, j), tile in zip(pairs, pool.map(compute, pairs)):
-            (r0, r1), (c0, c1) = rows_spans[i], cols_spans[j]
-            out[r0:r1, c0:c1] = tile
-            if symmetric and i != j:
-                out[c0:c1, r0:r1] = tile.T
+        tiles = pool.map(lambda pair: kernel_tile(source, x1, x2, block, *pair),
+                         block_pairs(x1.shape[0], n2, block, x2 is None))
+        for rows, cols, tile in tiles:
+            out[rows, cols] = tile
+            if x2 is None and rows != cols:
+                out[cols, rows] = tile.T
     return torch.from_numpy(out)
+
+
+def kernel_tile(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, block: int,
+                i: int, j: int) -> tuple[slice, slice, np.ndarray]:
+    """Tile (i, j) of ``K(x1, x2)`` (``x2=None``: the symmetric kernel), with its row and column slices."""
+    cols = x1 if x2 is None else x2
+    (r0, r1), (c0, c1) = spans(x1.shape[0], block)[i], spans(cols.shape[0], block)[j]
+    tile = kernel_block(source, x1[r0:r1], None if x2 is None and i == j else cols[c0:c1])
+    return slice(r0, r1), slice(c0, c1), tile
 
 
 def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zarr", block: int = 4096,
@@ -223,12 +225,9 @@ def _store_block(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, 
     """Worker task: compute tile (i, j), write it, then mark it done."""
     zarr = require("zarr")
     torch.set_num_threads(torch_threads)
-    symmetric = x2 is None
-    cols = x1 if symmetric else x2
-    (r0, r1), (c0, c1) = spans(x1.shape[0], block)[i], spans(cols.shape[0], block)[j]
-    tile = kernel_block(source, x1[r0:r1], None if symmetric and i == j else cols[c0:c1])
+    rows, cols, tile = kernel_tile(source, x1, x2, block, i, j)
     group = zarr.open_group(location, mode="r+")
-    group[KERNEL][r0:r1, c0:c1] = tile
+    group[KERNEL][rows, cols] = tile
     group[DONE][i, j] = 1  # only after the data: an interrupted write is never marked complete
     return i, j
 
