@@ -1,0 +1,530 @@
+"""Matplotlib figures of kernel spectra, eigenfunctions, posteriors, learning curves and width sweeps.
+
+Each function takes the numbers (numpy arrays or torch tensors, as returned by the library) and
+returns a :class:`matplotlib.figure.Figure`; nothing here computes a result. The figures are
+created without ``pyplot``, so they never open a window and work under any backend: save one with
+``fig.savefig("spectrum.png")``, or show it in a notebook by leaving it as the cell's value.
+
+Defaults: labelled axes, legends, the Okabe–Ito colour-blind-safe palette for categories and the
+``cividis`` colour map (readable with any colour vision) for ordered families such as eigenmodes.
+
+Examples
+--------
+>>> modes = eigenmodes(arch, x)                                      # doctest: +SKIP
+>>> plots.spectrum({"NTK": modes.values}).savefig("spectrum.png")    # doctest: +SKIP
+>>> plots.eigenfunctions(x, modes.vectors, eigenvalues=modes.values) # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+__all__ = ["OKABE_ITO", "spectrum", "eigenfunctions", "eigenmode_overview", "posterior_bands",
+           "candidate_log_probs", "trained_vs_kernel", "mode_learning_curves", "width_sweep",
+           "walsh_spectrum", "rkhs_norms", "mode_contributions"]
+
+#: The Okabe–Ito palette (Okabe & Ito 2008), distinguishable with every common colour-vision deficiency.
+OKABE_ITO = {"blue": "#0072B2", "vermillion": "#D55E00", "green": "#009E73", "orange": "#E69F00",
+             "purple": "#CC79A7", "sky": "#56B4E9", "yellow": "#F0E442", "black": "#000000"}
+#: Category colours in the order they are used (yellow last: it is faint on white).
+CYCLE = tuple(OKABE_ITO[c] for c in ("blue", "vermillion", "green", "orange", "purple", "sky",
+                                     "black", "yellow"))
+SEQUENTIAL = "cividis"
+
+_STYLE = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
+    "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3,
+    "grid.linewidth": 0.6, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.prop_cycle": matplotlib.cycler(color=CYCLE), "lines.linewidth": 1.6,
+    "legend.frameon": False, "savefig.dpi": 120, "savefig.bbox": "tight",
+}
+
+
+def _styled(fn):
+    """Run a figure function under the package style (rc parameters are read when artists are made)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: float = 4.0, **kwargs):
+    """A constrained-layout figure and a 2-D array of its axes."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _array(a, name: str, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """A float numpy array from a tensor / array / list, with an optional check of its dimension."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    out = np.asarray(a, dtype=np.float64)
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if allowed is not None and out.ndim not in allowed:
+        raise ValueError(f"{name}: expected {' or '.join(f'{d}-D' for d in allowed)} data, "
+                         f"got shape {out.shape}")
+    return out
+
+
+def _named(values, name: str, default: str) -> dict[str, np.ndarray]:
+    """``{label: 1-D array}`` from a mapping or a single array."""
+    items = values.items() if isinstance(values, Mapping) else [(default, values)]
+    out = {str(k): _array(v, f"{name}[{k!r}]", 1) for k, v in items}
+    if not out:
+        raise ValueError(f"{name}: nothing to plot; pass at least one array")
+    return out
+
+
+def _same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name_b}: has {b.shape[0]} entries but {name_a} has {a.shape[0]}; "
+                         "pass one value per point")
+
+
+def _finish(fig: Figure, title: str | None) -> Figure:
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return fig
+
+
+# ================================================================================== spectra
+def _draw_spectrum(ax, spectra: dict[str, np.ndarray], floor: float | None) -> None:
+    for i, (label, values) in enumerate(spectra.items()):
+        index = np.arange(1, values.shape[0] + 1)
+        positive = values > 0
+        ax.semilogy(index[positive], values[positive], "o-", ms=3, color=CYCLE[i % len(CYCLE)],
+                    label=label)
+    if floor is not None:
+        ax.axhline(floor, color=OKABE_ITO["black"], ls=":", lw=1,
+                   label=f"round-off level ({floor:.1e})")
+    ax.set_xlabel("eigenvalue index i (largest first)")
+    ax.set_ylabel("eigenvalue λᵢ of the Gram matrix")
+    ax.legend()
+
+
+@_styled
+def spectrum(values, *, title: str | None = None, floor: float | None = None) -> Figure:
+    """Eigenvalues against their index on a log scale, one line per kernel.
+
+    ``values``: a descending 1-D array, or ``{label: array}`` to compare kernels. ``floor``: an
+    optional level (e.g. ``n * eps * lambda_max``) drawn as a dotted line; eigenvalues below it are
+    round-off. Zero eigenvalues are left out (log scale).
+    """
+    fig, axes = _figure()
+    _draw_spectrum(axes[0, 0], _named(values, "values", "eigenvalues"), floor)
+    return _finish(fig, title)
+
+
+def _draw_waterfall(ax, x: np.ndarray, vectors: np.ndarray, eigenvalues, sign_changes,
+                    max_modes: int, xlabel: str) -> None:
+    order = np.argsort(x, kind="stable")
+    k = min(max_modes, vectors.shape[1])
+    colors = matplotlib.colormaps[SEQUENTIAL](np.linspace(0.0, 0.85, max(k, 2)))
+    labels = []
+    for i in range(k):
+        v = vectors[order, i]
+        scale = np.abs(v).max() or 1.0
+        ax.axhline(-i, color="0.8", lw=0.6, zorder=1)
+        ax.plot(x[order], -i + 0.42 * v / scale, color=colors[i], lw=1.5, zorder=2)
+        text = f"v{i + 1}"
+        if eigenvalues is not None:
+            text += f"  λ={eigenvalues[i]:.3g}"
+        if sign_changes is not None:
+            text += f"\n{int(sign_changes[i])} sign change{'s' if sign_changes[i] != 1 else ''}"
+        labels.append(text)
+    ax.set_yticks(-np.arange(k), labels, fontsize=7.5)
+    ax.set_ylim(-k + 0.45, 0.55)
+    ax.grid(False, axis="y")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("eigenvector vᵢ (each scaled to the same height)")
+
+
+def _eigen_arrays(x, vectors, eigenvalues, sign_changes):
+    x = _array(x, "x", (1, 2))
+    if x.ndim == 2:
+        if x.shape[1] != 1:
+            raise ValueError(f"x: eigenfunctions are drawn against a 1-D coordinate; got inputs of "
+                             f"shape {x.shape}: pass x[:, 0], a principal coordinate or the index")
+        x = x[:, 0]
+    vectors = _array(vectors, "vectors", 2)
+    _same_length(x, vectors, "x", "vectors")
+    values = None if eigenvalues is None else _array(eigenvalues, "eigenvalues", 1)
+    changes = None if sign_changes is None else _array(sign_changes, "sign_changes", 1)
+    return x, vectors, values, changes
+
+
+@_styled
+def eigenfunctions(x, vectors, *, eigenvalues=None, sign_changes=None, max_modes: int = 8,
+                   xlabel: str = "input x", title: str | None = None) -> Figure:
+    """The first ``max_modes`` eigenvectors drawn as functions of the 1-D input, one above the other.
+
+    ``x`` (n,) or (n, 1); ``vectors`` (n, k), column i the i-th eigenvector (largest eigenvalue
+    first). Each curve is scaled to the same height; its label gives the eigenvalue and, when
+    given, the number of sign changes (on an interval the i-th has about i - 1: MATH.md section 5).
+    """
+    x, vectors, values, changes = _eigen_arrays(x, vectors, eigenvalues, sign_changes)
+    k = min(max_modes, vectors.shape[1])
+    fig, axes = _figure(width=6.4, height=1.0 + 0.62 * k)
+    _draw_waterfall(axes[0, 0], x, vectors, values, changes, max_modes, xlabel)
+    return _finish(fig, title)
+
+
+@_styled
+def eigenmode_overview(panels: Mapping[str, Mapping], *, max_modes: int = 8,
+                       xlabel: str = "input x", title: str | None = None) -> Figure:
+    """Kernels side by side: the spectrum on top and the first eigenvectors below, one column each.
+
+    ``panels``: ``{column title: {"x", "values", "vectors", optional "sign_changes", "floor"}}``.
+    """
+    if not panels:
+        raise ValueError("panels: nothing to plot; pass {title: {'x': ..., 'values': ..., 'vectors': ...}}")
+    k = max_modes
+    fig, axes = _figure(2, len(panels), width=4.3 * len(panels), height=3.2 + 0.62 * k,
+                        gridspec_kw={"height_ratios": [3.0, 0.62 * k]})
+    for j, (name, p) in enumerate(panels.items()):
+        missing = {"x", "values", "vectors"} - set(p)
+        if missing:
+            raise ValueError(f"panels[{name!r}]: missing {sorted(missing)}")
+        x, vectors, values, changes = _eigen_arrays(p["x"], p["vectors"], p["values"], p.get("sign_changes"))
+        _draw_spectrum(axes[0, j], {"eigenvalues": values}, p.get("floor"))
+        axes[0, j].set_title(name)
+        _draw_waterfall(axes[1, j], x, vectors, values, changes, max_modes, xlabel)
+        if j:
+            axes[0, j].set_ylabel("")
+    return _finish(fig, title)
+
+
+# ================================================================================== posteriors
+def _draw_training_points(ax, x_train, y_train) -> None:
+    ax.plot(x_train, y_train, "o", color=OKABE_ITO["black"], ms=6, zorder=5, label="training points")
+
+
+def _draw_band(ax, x, mean, std, n_std: float, color, label: str, connect: bool) -> None:
+    """Mean and ± n_std band: a line and a shaded band, or (connect=False) points with error bars."""
+    if not connect:
+        ax.errorbar(x, mean, yerr=None if std is None else n_std * std, fmt="o", ms=4, color=color,
+                    elinewidth=1, capsize=2, label=label if std is None else f"{label} ± {n_std:g} std",
+                    zorder=3)
+        return
+    ax.plot(x, mean, color=color, lw=2, label=label, zorder=3)
+    if std is not None:
+        ax.fill_between(x, mean - n_std * std, mean + n_std * std, color=color, alpha=0.22, lw=0,
+                        label=f"± {n_std:g} std", zorder=2)
+
+
+def _xy(x, y, name: str) -> tuple[np.ndarray, np.ndarray]:
+    x = _array(x, f"{name} x", (1, 2)).reshape(-1)
+    y = _array(y, f"{name} y", (1, 2)).reshape(-1)
+    _same_length(x, y, f"{name} x", f"{name} y")
+    return x, y
+
+
+@_styled
+def posterior_bands(x, posteriors: Mapping[str, tuple], *, x_train, y_train,
+                    candidates: Mapping[str, tuple] | None = None, truth: tuple | None = None,
+                    n_std: float = 2.0, xlabel: str = "input x", ylabel: str = "output f(x)",
+                    connect: bool = True, title: str | None = None) -> Figure:
+    """Posterior mean ± ``n_std`` standard deviations over 1-D inputs, one panel per posterior.
+
+    ``posteriors``: ``{name: (mean, std)}`` on the points ``x`` (std may be None); the training
+    points are drawn in black, ``truth = (x, y)`` as a dashed line (e.g. the noiseless target),
+    and ``candidates = {label: (x*, y*)}`` as markers (candidate test labels). ``connect=False``
+    draws points with error bars instead of a line and a band (for x a coordinate of
+    higher-dimensional inputs, e.g. the principal one, where neighbours need not be close).
+    """
+    x = _array(x, "x", (1, 2)).reshape(-1)
+    xt, yt = _xy(x_train, y_train, "training")
+    if not posteriors:
+        raise ValueError("posteriors: nothing to plot; pass {name: (mean, std)}")
+    order = np.argsort(x, kind="stable")
+    fig, axes = _figure(1, len(posteriors), width=4.2 * len(posteriors), height=3.8, sharey=True)
+    for j, (name, (mean, std)) in enumerate(posteriors.items()):
+        ax = axes[0, j]
+        mean = _array(mean, f"posteriors[{name!r}] mean", 1)
+        _same_length(x, mean, "x", f"posteriors[{name!r}] mean")
+        std = None if std is None else _array(std, f"posteriors[{name!r}] std", 1)
+        _draw_band(ax, x[order], mean[order], None if std is None else std[order], n_std,
+                   CYCLE[j % len(CYCLE)], "posterior mean", connect)
+        if truth is not None:
+            tx, ty = _xy(*truth, "truth")
+            ax.plot(tx, ty, "--", color="0.45", lw=1.2, label="noiseless target", zorder=1)
+        _draw_training_points(ax, xt, yt)
+        _draw_candidates(ax, candidates or {}, float(np.ptp(x)) if x.size else 1.0)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        if j == 0:
+            ax.set_ylabel(ylabel)
+    _legend_below(fig, axes[0, 0])
+    return _finish(fig, title)
+
+
+def _draw_candidates(ax, candidates: Mapping[str, tuple], x_range: float) -> None:
+    """Candidate labelings as open diamonds, each set nudged sideways so that sets at one input stay apparent."""
+    c = len(candidates)
+    for i, (label, (cx, cy)) in enumerate(candidates.items()):
+        cx, cy = _xy(cx, cy, f"candidates[{label!r}]")
+        nudge = (i - (c - 1) / 2) * 0.012 * x_range
+        ax.plot(cx + nudge, cy, "D", ms=5.5, mfc="white", mew=1.5, color=CYCLE[(i + 3) % len(CYCLE)],
+                label=label, zorder=6)
+
+
+def _legend_below(fig: Figure, ax) -> None:
+    """One legend for the whole figure, below the panels, from the handles of ``ax``."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)))
+
+
+@_styled
+def candidate_log_probs(curves: Mapping[str, tuple], *, candidates: Mapping[str, tuple] | None = None,
+                        peaks: Mapping[str, tuple] | None = None, xlabel: str = "candidate label y*",
+                        ylabel: str = "log p(y* | training labels)",
+                        title: str | None = None) -> Figure:
+    """Log-probability of a candidate test label as a function of the label, one curve per test input.
+
+    ``curves``: ``{test input: (labels, log_probs)}``; ``candidates``: ``{test input: (labels,
+    log_probs)}`` drawn as diamonds; ``peaks``: ``{test input: (argmax label, peak value)}`` drawn as
+    triangles and written in the legend. The left panel shows the whole range, the right one the
+    tops of the curves: curves for different test inputs peak at different heights, so their values
+    cannot be compared across inputs (MATH.md section 3).
+    """
+    if not curves:
+        raise ValueError("curves: nothing to plot; pass {test input: (labels, log_probs)}")
+    fig, axes = _figure(1, 2, width=10.5, height=4.0)
+    tops = []
+    for ax in axes[0]:
+        for i, (name, (ys, lp)) in enumerate(curves.items()):
+            color = CYCLE[i % len(CYCLE)]
+            ys, lp = _xy(ys, lp, f"curves[{name!r}]")
+            label = name
+            if peaks and name in peaks:
+                mu, peak = peaks[name]
+                ax.plot([mu], [peak], "^", ms=8, color=color, zorder=5)
+                label = f"{name}: peak {peak:.3g} at y* = {mu:.3g}"
+                tops.append(peak)
+            else:
+                tops.append(float(np.max(lp)))
+            ax.plot(ys, lp, color=color, label=label)
+            if candidates and name in candidates:
+                cy, clp = _xy(*candidates[name], f"candidates[{name!r}]")
+                ax.plot(cy, clp, "D", ms=5.5, mfc="white", mew=1.5, color=color, zorder=6)
+        ax.set_xlabel(xlabel)
+    axes[0, 0].set_ylabel(ylabel)
+    axes[0, 0].set_title("all candidate labels")
+    axes[0, 1].set_title("the tops of the curves")
+    axes[0, 1].set_ylim(min(tops) - 3.0, max(tops) + 0.6)
+    _legend_below(fig, axes[0, 0])
+    return _finish(fig, title)
+
+
+@_styled
+def trained_vs_kernel(x, kernel_mean, kernel_std, trained: Mapping[str, object], *, x_train, y_train,
+                      n_std: float = 2.0, kernel_label: str = "kernel prediction",
+                      xlabel: str = "input x", ylabel: str = "output f(x)", connect: bool = True,
+                      title: str | None = None) -> Figure:
+    """Really trained networks over the kernel's prediction, one panel per ensemble (e.g. per width).
+
+    ``kernel_mean``, ``kernel_std`` (n,) on ``x`` (the kernel's mean ± ``n_std`` std as a band);
+    ``trained``: ``{panel title: outputs (ensemble, n)}`` — each member a thin line, their mean a
+    dashed line. A single dict of kernel predictions per panel is also accepted:
+    ``kernel_mean={title: mean}``, ``kernel_std={title: std}``. ``connect=False``: points, not lines
+    (see :func:`posterior_bands`).
+    """
+    x = _array(x, "x", (1, 2)).reshape(-1)
+    xt, yt = _xy(x_train, y_train, "training")
+    if not trained:
+        raise ValueError("trained: nothing to plot; pass {title: outputs (ensemble, n)}")
+    order = np.argsort(x, kind="stable")
+    fig, axes = _figure(1, len(trained), width=4.2 * len(trained), height=3.8, sharey=True)
+    for j, (name, outputs) in enumerate(trained.items()):
+        ax = axes[0, j]
+        mean = kernel_mean[name] if isinstance(kernel_mean, Mapping) else kernel_mean
+        std = kernel_std[name] if isinstance(kernel_std, Mapping) else kernel_std
+        mean = _array(mean, "kernel_mean", 1)
+        std = None if std is None else _array(std, "kernel_std", 1)
+        _draw_band(ax, x[order], mean[order], None if std is None else std[order], n_std,
+                   OKABE_ITO["blue"], kernel_label, connect)
+        nets = _array(outputs, f"trained[{name!r}]", 2)
+        if nets.shape[1] != x.shape[0]:
+            raise ValueError(f"trained[{name!r}]: expected shape (ensemble, {x.shape[0]}), got {nets.shape}")
+        member, average = ("-", "--") if connect else (".", "x")
+        for i, net in enumerate(nets):
+            ax.plot(x[order], net[order], member, color=OKABE_ITO["vermillion"], lw=0.9, alpha=0.6,
+                    label="trained networks" if i == 0 else None, zorder=4)
+        ax.plot(x[order], nets.mean(axis=0)[order], average, color=OKABE_ITO["vermillion"], lw=1.8,
+                label="their mean", zorder=4)
+        _draw_training_points(ax, xt, yt)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        if j == 0:
+            ax.set_ylabel(ylabel)
+    _legend_below(fig, axes[0, 0])
+    return _finish(fig, title)
+
+
+# ================================================================================== dynamics
+@_styled
+def mode_learning_curves(times, residuals, eigenvalues, *, measured_times=None, measured=None,
+                         max_modes: int = 8, xlabel: str = "training step t",
+                         ylabel: str = "|residual along mode i|", title: str | None = None) -> Figure:
+    """How fast each eigenmode of the training residual is learned: ``|v_i · (f_t(X) - Y)|`` against t.
+
+    ``residuals`` (T, M): the closed-form per-mode residual at ``times`` (T,); ``eigenvalues`` (M,)
+    descending. Large-eigenvalue modes fall first (``e^{-eta lambda_i t / m}``). ``measured`` (T', M)
+    at ``measured_times``: the same projections for a really trained network, drawn as markers.
+    Time and residual are on log scales (t = 0 and exact zeros are not drawn).
+    """
+    times = _array(times, "times", 1)
+    residuals = np.abs(_array(residuals, "residuals", 2))
+    values = _array(eigenvalues, "eigenvalues", 1)
+    _same_length(times, residuals, "times", "residuals")
+    k = min(max_modes, residuals.shape[1], values.shape[0])
+    colors = matplotlib.colormaps[SEQUENTIAL](np.linspace(0.0, 0.85, max(k, 2)))
+    fig, axes = _figure(width=6.8, height=4.2)
+    ax = axes[0, 0]
+    keep = times > 0
+    for i in range(k):
+        ax.loglog(times[keep], np.where(residuals[keep, i] > 0, residuals[keep, i], np.nan),
+                  color=colors[i], label=f"mode {i + 1} (λ={values[i]:.3g})")
+    if measured is not None:
+        mt = _array(measured_times, "measured_times", 1)
+        meas = np.abs(_array(measured, "measured", 2))
+        _same_length(mt, meas, "measured_times", "measured")
+        keep = mt > 0
+        for i in range(min(k, meas.shape[1])):
+            ax.loglog(mt[keep], np.where(meas[keep, i] > 0, meas[keep, i], np.nan), "o", ms=3.5,
+                      color=colors[i], mfc="none")
+        ax.plot([], [], "o", mfc="none", color="0.3", label="trained network")
+    top = np.nanmax(residuals[:, :k]) if residuals.size else 1.0
+    if top > 0:
+        ax.set_ylim(top * 1e-6, top * 3)     # below a millionth of the start a mode is learned
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower left", ncols=2)
+    return _finish(fig, title)
+
+
+@_styled
+def width_sweep(widths, metrics: Mapping[str, object], exponents: Mapping[str, float] | None = None,
+                *, xlabel: str = "hidden width n", ylabel: str = "relative distance",
+                title: str | None = None) -> Figure:
+    """Distances from the infinite-width prediction against width, log–log, with fitted slopes.
+
+    ``metrics``: ``{name: values}``, values (W,) or (W, seeds) (each seed a faint marker, the mean a
+    solid marker); ``exponents``: ``{name: fitted slope}``, drawn as a line of that slope through
+    the geometric mean of the points and written in the legend (``∝ width^slope``).
+    """
+    widths = _array(widths, "widths", 1)
+    if not metrics:
+        raise ValueError("metrics: nothing to plot; pass {name: values per width}")
+    fig, axes = _figure(width=6.4, height=4.2)
+    ax = axes[0, 0]
+    for i, (name, values) in enumerate(metrics.items()):
+        color = CYCLE[i % len(CYCLE)]
+        v = _array(values, f"metrics[{name!r}]", (1, 2))
+        _same_length(widths, v, "widths", f"metrics[{name!r}]")
+        per_seed = v if v.ndim == 2 else v[:, None]
+        for s in range(per_seed.shape[1] if per_seed.shape[1] > 1 else 0):
+            ax.loglog(widths, per_seed[:, s], ".", color=color, alpha=0.35, ms=5)
+        mean = np.exp(np.nanmean(np.log(np.where(per_seed > 0, per_seed, np.nan)), axis=1))
+        slope = None if exponents is None else exponents.get(name)
+        label = name if slope is None else f"{name}  $\\propto n^{{{slope:.2f}}}$"
+        ax.loglog(widths, mean, "o", color=color, ms=6, label=label)
+        if slope is not None and np.isfinite(slope) and np.isfinite(mean).any():
+            ok = np.isfinite(mean)
+            lw, lm = np.log(widths[ok]).mean(), np.log(mean[ok]).mean()
+            ax.loglog(widths, np.exp(lm + slope * (np.log(widths) - lw)), "-", color=color, lw=1.2)
+    ax.set_xticks(widths, [f"{w:g}" for w in widths])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best")
+    return _finish(fig, title)
+
+
+# ================================================================================== simplicity
+@_styled
+def walsh_spectrum(degrees, eigenvalues, *, multiplicities=None, highlight: Mapping[str, int] | None = None,
+                   xlabel: str = "Walsh degree |S|", ylabel: str = "eigenvalue of the Gram matrix",
+                   title: str | None = None) -> Figure:
+    """The eigenvalue of each Walsh degree on the boolean cube, log scale.
+
+    ``highlight``: ``{label: degree}`` marks named functions, e.g. ``{"parity": d}``.
+    ``multiplicities`` (number of Walsh functions of each degree, C(d, k)) are written above points.
+    """
+    degrees = _array(degrees, "degrees", 1)
+    values = _array(eigenvalues, "eigenvalues", 1)
+    _same_length(degrees, values, "degrees", "eigenvalues")
+    fig, axes = _figure(width=6.0, height=4.0)
+    ax = axes[0, 0]
+    ax.semilogy(degrees, values, "o-", color=OKABE_ITO["blue"], label="eigenvalue λ(|S|)")
+    if multiplicities is not None:
+        mult = _array(multiplicities, "multiplicities", 1)
+        _same_length(degrees, mult, "degrees", "multiplicities")
+        for d, v, m in zip(degrees, values, mult):
+            ax.annotate(f"×{int(m)}", (d, v), xytext=(0, 6), textcoords="offset points",
+                        ha="center", fontsize=7.5, color="0.35")
+    for i, (label, degree) in enumerate((highlight or {}).items()):
+        hit = degrees == degree
+        ax.plot(degrees[hit], values[hit], "s", ms=11, mfc="none", mew=2,
+                color=CYCLE[(i + 1) % len(CYCLE)], label=f"{label} (degree {degree})")
+    ax.set_xticks(degrees)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best")
+    return _finish(fig, title)
+
+
+@_styled
+def rkhs_norms(values: Mapping[str, float], *, highlight: Sequence[str] = (),
+               xlabel: str = "squared RKHS norm yᵀH⁻¹y", title: str | None = None) -> Figure:
+    """Horizontal bars of the squared RKHS norm of each target (log scale): longer is harder to learn.
+
+    Targets named in ``highlight`` are drawn in vermillion, the others in blue.
+    """
+    if not values:
+        raise ValueError("values: nothing to plot; pass {target: norm}")
+    names = list(values)
+    v = _array([values[n] for n in names], "values", 1)
+    fig, axes = _figure(width=6.4, height=1.2 + 0.42 * len(names))
+    ax = axes[0, 0]
+    ax.barh(np.arange(len(names)), v, color=[OKABE_ITO["vermillion"] if n in highlight else OKABE_ITO["blue"]
+                                             for n in names])
+    for i, value in enumerate(v):
+        ax.annotate(f"{value:.3g}", (value, i), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("target")
+    ax.grid(False, axis="y")
+    return _finish(fig, title)
+
+
+@_styled
+def mode_contributions(cumulative_share: Mapping[str, object], *, xlabel: str = "eigenmode i (largest eigenvalue first)",
+                       ylabel: str = "cumulative share of yᵀH⁻¹y", title: str | None = None) -> Figure:
+    """How a labeling's squared RKHS norm accumulates over the eigenmodes, one line per labeling.
+
+    The curve rises where the labeling's cost sits: one that stays low until the last modes owes
+    its norm to small-eigenvalue modes, directions the kernel finds hard to fit.
+    """
+    curves = _named(cumulative_share, "cumulative_share", "labels")
+    fig, axes = _figure(width=6.4, height=4.0)
+    ax = axes[0, 0]
+    for i, (name, share) in enumerate(curves.items()):
+        ax.plot(np.arange(1, share.shape[0] + 1), share, "-", color=CYCLE[i % len(CYCLE)], label=name)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower right")
+    return _finish(fig, title)
