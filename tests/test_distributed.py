@@ -215,6 +215,9 @@ def test_bad_arguments_are_named(arch, x, tmp_path):
     for args, options, name in cases:
         with pytest.raises(ValueError, match=f"^{name}:"):
             kernel_matrix(*args, store=store, **options)
+    with pytest.raises(ValueError, match="^x1: the model could not be applied"):
+        kernel_matrix(torch.nn.Linear(5, 1).double(), x, store=store)   # empirical_ntk's own error, at once
+    assert not store.exists()
 
 
 def test_missing_dependency_says_how_to_install(monkeypatch):

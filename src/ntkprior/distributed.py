@@ -143,6 +143,8 @@ def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zar
     x1, x2, block = _check_inputs(x1, x2, block)
     if not isinstance(torch_threads, int) or isinstance(torch_threads, bool) or torch_threads < 1:
         raise ValueError(f"torch_threads: expected a positive integer, got {torch_threads!r}")
+    _check_client(client)
+    kernel_block(source, x1[:2], None)  # fail here, with the model's own error, not inside a worker
     location = store_location(store)
     group = _open_or_create(location, source, x1, x2, block, overwrite)
     todo = missing_blocks(group)
@@ -276,18 +278,21 @@ def local_cluster(n_workers: int | None = None, **kwargs):
         return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, **kwargs)
 
 
+def _check_client(client) -> None:
+    if not (client is None or isinstance(client, (str, require("distributed").Client))):
+        raise ValueError(f"client: expected None (start a LocalCluster), a scheduler address such as "
+                         f"'tcp://host:8786', or a dask.distributed.Client; got {type(client).__name__}")
+
+
 @contextlib.contextmanager
 def _connect(client):
     """Yield a dask Client: a new LocalCluster (None), a scheduler address (str), or the one given."""
     distributed = require("distributed")
-    if isinstance(client, distributed.Client):
-        yield client
-    elif client is None:
+    if client is None:
         with local_cluster() as cluster, distributed.Client(cluster) as new:
             yield new
     elif isinstance(client, str):
         with distributed.Client(client) as new:
             yield new
     else:
-        raise ValueError(f"client: expected None (start a LocalCluster), a scheduler address such as "
-                         f"'tcp://host:8786', or a dask.distributed.Client; got {type(client).__name__}")
+        yield client
