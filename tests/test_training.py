@@ -52,6 +52,26 @@ def test_vectorised_ensemble_equals_a_loop_of_torch_optim(data):
     np.testing.assert_array_equal(result.diverged_at.numpy(), [-1, -1, -1])
 
 
+class TorchArch:
+    """An "architecture" of plain torch.nn layers: exercises the generic (vmap) path of train."""
+
+    def build(self, in_features, seed=0, dtype=torch.float64, device=None):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(in_features, 16), torch.nn.Tanh(),
+                                   torch.nn.Linear(16, 2)).to(dtype)
+
+
+def test_any_torch_module_trains_like_the_loop(data):
+    x, y, xt = data
+    arch = TorchArch()
+    result = train(arch, x, y, xt, 30, 0.3, seed=1, ensemble=2, momentum=0.5)
+    for i, (train_out, test_out) in enumerate(loop_reference(arch, x, y, xt, 30, 0.3, [1, 2], momentum=0.5)):
+        torch.testing.assert_close(result.test_outputs[i, -1], test_out, rtol=0, atol=1e-12)
+    linear = train(arch, x, y, xt, 30, 0.3, seed=1, ensemble=2, linearized=True, track_kernel=False)
+    traj = linearized_dynamics(arch.build(3, seed=2), x, y, xt, learning_rate=0.3, f0="network").at(linear.steps)
+    torch.testing.assert_close(linear.test_outputs[1], traj.test_outputs, rtol=0, atol=1e-8)
+
+
 def test_sgd_minibatches_equal_a_loop_with_the_same_batches(data):
     x, y, xt = data
     arch, steps, b = small_arch(k=2), 25, 3

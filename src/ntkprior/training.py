@@ -32,6 +32,7 @@ from torch.func import functional_call, jvp, stack_module_state, vjp, vmap
 from .data import as_inputs, as_labels, check_same_features
 from .dynamics import LinearizedDynamics
 from .empirical import empirical_ntk
+from .layers import DenseModule, ElementwiseModule
 from .linalg import SymmetricPSD
 
 OPTIMIZERS = ("gd", "sgd")
@@ -99,15 +100,94 @@ class _Ensemble:
         self.size = len(models)
         self.module = models[0]                              # a real module, for empirical_ntk
         self._skeleton = copy.deepcopy(models[0]).to("meta")
+        self._dense = _dense_plan(models[0])
 
     def __call__(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """Outputs of every member on ``x``: (ensemble, n, k)."""
+        if self._dense is not None:
+            return _dense_forward(self._dense, params, x)
+
         def one(p, b):
             return functional_call(self._skeleton, (p, b), (x,))
         return vmap(one)(params, self.buffers)
 
     def member(self, params: dict, i: int) -> dict:
-        return {name: p[i] for name, p in params.items()}
+        return {name: p[i].detach() for name, p in params.items()}
+
+
+def _dense_plan(model: torch.nn.Module) -> list | None:
+    """ntkprior's own networks (a Sequential of DenseModule and ElementwiseModule) as a list of
+    layers for :func:`_dense_forward`: a callable for an activation, (weight name, bias name or
+    None, weight scale, bias scale) for a Dense layer. None for any other model (vmap is used)."""
+    if type(model) is not torch.nn.Sequential:
+        return None
+    plan = []
+    for name, m in model.named_children():
+        if type(m) is DenseModule:
+            plan.append((f"{name}.weight", None if m.bias is None else f"{name}.bias", m.weight_scale, m.bias_scale))
+        elif type(m) is ElementwiseModule:
+            plan.append(m.fn)
+        else:
+            return None
+    return plan
+
+
+def _dense_forward(plan: list, params: dict, x: torch.Tensor) -> torch.Tensor:
+    """``DenseModule.forward`` for stacked parameters: one batched matrix product per layer, which
+    avoids vmap's per-call overhead (it dominates for the small networks of dynamics studies)."""
+    h = x
+    for layer in plan:
+        if callable(layer):
+            h = layer(h)
+            continue
+        weight, bias, weight_scale, bias_scale = layer
+        h = torch.matmul(h, params[weight].transpose(-1, -2)) * weight_scale
+        if bias is not None:
+            h = h + bias_scale * params[bias][:, None, :]
+    return h
+
+
+class _Network:
+    """The networks themselves: outputs by the ensemble's forward, gradients by autograd."""
+
+    def __init__(self, net: _Ensemble, params: dict):
+        self.net, self.params = net, params
+        for p in params.values():
+            p.requires_grad_(True)
+
+    def train_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        self._out = self.net(self.params, x)            # kept for backward
+        return self._out.detach()
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net(self.params, x)
+
+    def backward(self, cotangent: torch.Tensor) -> None:
+        """Set each parameter's ``.grad`` to ``Jᵀ cotangent`` at the current parameters."""
+        for p in self.params.values():
+            p.grad = None
+        self._out.backward(cotangent)
+
+
+class _Linearized:
+    """``f(θ0) + J(θ0)(θ − θ0)``: outputs by ``torch.func.jvp`` around θ0; gradients
+    ``J(θ0)ᵀ cotangent`` by one ``torch.func.vjp`` at θ0, reused every step."""
+
+    def __init__(self, net: _Ensemble, params: dict, theta0: dict, x_train: torch.Tensor):
+        self.net, self.params, self.theta0 = net, params, theta0
+        _, self._vjp = vjp(lambda p: net(p, x_train), theta0)
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        delta = {name: self.params[name] - self.theta0[name] for name in self.params}
+        f0, tangent = jvp(lambda p: self.net(p, x), (self.theta0,), (delta,))
+        return f0 + tangent
+
+    train_outputs = outputs
+
+    def backward(self, cotangent: torch.Tensor) -> None:
+        for name, g in self._vjp(cotangent)[0].items():
+            self.params[name].grad = g
 
 
 def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate: float = 0.1,
@@ -165,20 +245,11 @@ def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate:
     net = _Ensemble([arch.build(d, seed=s, dtype=dtype, device=device) for s in seeds])
     _check_output_width(net, x_train, y_train)
     params = net.params
-    theta0 = {name: p.clone() for name, p in params.items()}
+    theta0 = {name: p.detach().clone() for name, p in params.items()}
     theta0_norm = _norm(theta0)
     opt = torch.optim.SGD(list(params.values()), lr=learning_rate, momentum=momentum)
 
-    if linearized:
-        f0_train, vjp_at_theta0 = vjp(lambda p: net(p, x_train), theta0)
-
-    def outputs(x):
-        if not linearized:
-            return net(params, x)
-        delta = {name: params[name] - theta0[name] for name in params}
-        f0, tangent = jvp(lambda p: net(p, x), (theta0,), (delta,))
-        return f0 + tangent
-
+    model = _Linearized(net, params, theta0, x_train) if linearized else _Network(net, params)
     rec = _Recorder(len(recorded), ensemble, n, y_train.shape[1],
                     None if x_test is None else x_test.shape[0], dtype, device)
     kernels = _KernelTracker(net, x_train, theta0, linearized) if track_kernel else None
@@ -187,26 +258,21 @@ def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate:
     k = y_train.shape[1]
 
     for step in _progress(range(steps + 1), progress):
-        if linearized:
-            out = outputs(x_train)
-        else:
-            out, vjp_fn = vjp(lambda p: net(p, x_train), params)
+        out = model.train_outputs(x_train)
         residual = out - y_train
         loss = 0.5 * residual.pow(2).mean(dim=(1, 2))
         newly = (~torch.isfinite(loss)).cpu() & (diverged_at < 0)
         diverged_at[newly] = step
         if step in record_at:
             j = record_at[step]
-            rec.store(j, out, None if x_test is None else outputs(x_test), loss,
-                      _norm({nm: params[nm] - theta0[nm] for nm in params}) / theta0_norm)
+            with torch.no_grad():
+                rec.store(j, out, None if x_test is None else model.outputs(x_test), loss,
+                          _norm({nm: params[nm] - theta0[nm] for nm in params}) / theta0_norm)
             if kernels is not None:
                 rec.kernel_change[:, j] = kernels.change(params, diverged_at)
         if step == steps:
             break
-        cotangent = next(weights)[:, :, None] * residual / k
-        grads = (vjp_at_theta0 if linearized else vjp_fn)(cotangent)[0]
-        for name, p in params.items():
-            p.grad = grads[name]
+        model.backward(next(weights)[:, :, None] * residual / k)
         opt.step()
 
     _warn_diverged(diverged_at, learning_rate)
