@@ -69,6 +69,8 @@ class Misbehaving:
         return str(self.arch)
 
     def kernel(self, x1, x2=None, **options):
+        if len(x1) == 2:    # the probe kernel_matrix runs in the calling process before starting
+            return self.arch.kernel(x1, x2, **options)
         named = (float(x1[0, 0]), None if x2 is None else float(x2[0, 0])) in self.keys
         if self.mode == "exit" and named and not os.path.exists(self.marker):
             open(self.marker, "w").close()
