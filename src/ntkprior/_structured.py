@@ -14,7 +14,7 @@ collected with forward hooks in one forward pass and k backward passes of a data
 dense layer (T = 1) the term is (s_w² A Aᵀ + s_b²) ⊙ (G Gᵀ).
 
 When T² (I + k O) exceeds k O I (convolutions with few channels) it is cheaper to form
-each example's weight-and-bias gradient ``Σ_t g_t ⊗ [s_w a_t, s_b]`` (k·O·(I+1) numbers) and
+each example's gradients ``s_w Σ_t g_t a_tᵀ`` and ``s_b Σ_t g_t`` (k·O·(I+1) numbers) and
 contract those: the "explicit" path. Either way no per-parameter Jacobian of the network is formed.
 
 Supported modules: ``nn.Linear`` (any leading shape), ``nn.Conv1d``, ``nn.Conv2d`` (any
@@ -68,12 +68,17 @@ class Layer:
                  for x in calls]
         return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
-    def augmented(self, a: torch.Tensor) -> torch.Tensor:
-        """``[s_w a_t, s_b]`` per position: the weight-and-bias gradient is ``Σ_t g_t ⊗ this``."""
-        cols = [a * self.weight_scale] if self.weight is not None else []
+    def gradients(self, a: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+        """Per-example parameter gradients (n, k, D): ``s_w Σ_t g_t a_tᵀ`` and ``s_b Σ_t g_t``."""
+        n, k = g.shape[:2]
+        grads = []
+        if self.weight is not None:
+            w = torch.einsum("ncgto,ngti->ncgoi", g, a).reshape(n, k, -1)
+            grads.append(w if self.weight_scale == 1 else w.mul_(self.weight_scale))
         if self.bias is not None:
-            cols.append(a.new_full((*a.shape[:3], 1), self.bias_scale))
-        return torch.cat(cols, dim=3) if len(cols) > 1 else cols[0]
+            b = g.sum(dim=3).reshape(n, k, -1)
+            grads.append(b if self.bias_scale == 1 else b.mul_(self.bias_scale))
+        return grads
 
     def signals(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """Backprop signals (n, groups, T, O_group) from the gradients w.r.t. each call's output."""
@@ -215,8 +220,7 @@ def layer_features(layers: list[Layer], inputs: dict, grads_per_output: list[dic
         signals = [layer.signals(grads[layer.name]) for grads in grads_per_output]
         g = signals[0].unsqueeze(1) if len(signals) == 1 else torch.stack(signals, dim=1)
         if layer.explicit:
-            per_example = torch.einsum("ncgto,ngti->ncgoi", g, layer.augmented(a))
-            feats.flats.append(per_example.reshape(a.shape[0], g.shape[1], -1))
+            feats.flats += layer.gradients(a, g)
         else:
             feats.grams.append(GramFactors(a if layer.weight else None, g,
                                            layer.weight_scale ** 2 if layer.weight else 0.0,
