@@ -111,7 +111,8 @@ class StoredKernel:
     is read once and kept; a larger one is streamed: every product reads the stored tiles
     one by one into two reused tile buffers (2·block²·8 bytes, 268 MB at block = 4096),
     the next tile in the background while the current one is multiplied. Methods
-    return float64 torch tensors and accept numpy arrays or torch tensors. Solves, eigenpairs and log-determinants need a symmetric (x2=None) store.
+    return float64 torch tensors and accept numpy arrays or torch tensors. Solves,
+    eigenpairs and log-determinants need a symmetric (x2=None) store.
 
     Like :class:`ntkprior.linalg.SymmetricPSD`, the operator carries its ridge:
     :meth:`regularised` returns a view of ``K + ridge·I`` (sharing the store and the cached
@@ -172,7 +173,7 @@ class StoredKernel:
         return view
 
     def load(self) -> torch.Tensor:
-        """The whole matrix (with the ridge) in memory, the lower triangle mirrored: only for kernels that fit."""
+        """The whole matrix (with the ridge) in memory, lower triangle mirrored: for kernels that fit."""
         matrix = torch.from_numpy(self._assemble())
         if self.ridge:
             matrix.diagonal().add_(self.ridge)
@@ -246,8 +247,8 @@ class StoredKernel:
         """``(i, j) ↦ path`` of a tile's chunk file when it can be read directly, else None.
 
         Direct reads (``readinto`` a reused buffer) avoid zarr's fresh allocation of every
-        tile, whose page faults made a pass over a 0.8 GB store take 3.3 s instead of 0.5 s
-        here. They apply to the layout kernel_matrix writes: a local store, uncompressed
+        tile, whose page faults made a pass over a 0.8 GB store take 4.3 s instead of 2.1 s
+        on a busy 2-core machine. They apply to the layout kernel_matrix writes: a local store, uncompressed
         little-endian float64 chunks in C order (edge chunks stored full size).
         """
         from zarr.codecs import BytesCodec
