@@ -122,8 +122,9 @@ def scale_store(a) -> dict:
                       progress=True)
         compute = time.perf_counter() - t0
         peaks = worker_peaks(client)
+    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     return {"cluster_start_s": start, "kernel_s": compute, "worker_peak_bytes": peaks,
-            "client_peak_bytes": common.peak_rss(), "store": str(store)}
+            "client_peak_bytes": common.peak_rss(), "store": str(store), "store_bytes": size}
 
 
 def scale_operators(a) -> dict:
@@ -199,7 +200,8 @@ def main() -> None:
               f"dense float64 matrix = {gb(n * n * 8)}")
         s = part("store")
         o = part("operators")
-        print(f"   kernel into zarr : {s['kernel_s']:8.1f} s  (+{s['cluster_start_s']:.1f} s cluster start-up and worker imports)")
+        print(f"   kernel into zarr : {s['kernel_s']:8.1f} s  (+{s['cluster_start_s']:.1f} s cluster start-up "
+              f"and worker imports); store on disk {gb(s['store_bytes'])}")
         print(f"   top {a.k} eigenpairs: {o['eigsh_s']:8.1f} s  ({o['eigsh_passes']} passes over the store); "
               f"λ1..3 = {', '.join(f'{v:.5g}' for v in o['top_eigenvalues'])}")
         print(f"   CG solve         : {o['solve_s']:8.1f} s  ({o['solve_passes']} passes incl. the Nyström "
