@@ -133,7 +133,7 @@ class NTKRegressor(RegressorMixin, BaseEstimator):
         self.X_train_, self.y_train_ = X, y
         self._train = {k: b.train for k, b in train.items()}
         self._train[names[0]] = SymmetricPSD(train[names[0]].train,
-                                             f"{names[0].upper()} of the training inputs",
+                                             f"{source.label(names[0])} of the training inputs",
                                              diag_reg=self.diag_reg)
         if self.t is None:
             self._train[names[0]].cholesky()

@@ -31,7 +31,7 @@ import torch
 
 from ntkprior.data import check_finite, to_tensor
 
-__all__ = ["SymmetricPSD", "as_symmetric_psd", "check_symmetric", "fix_signs", "IllConditionedWarning",
+__all__ = ["SymmetricPSD", "as_symmetric_psd", "check_symmetric", "finite_or_raise", "fix_signs", "IllConditionedWarning",
            "JitterWarning", "PSD_RTOL", "COND_WARN"]
 
 #: Eigenvalues below ``-PSD_RTOL * lambda_max`` mean the matrix is not positive semi-definite.
@@ -41,6 +41,7 @@ COND_WARN = 1e10
 #: Jitter tried by ``jitter="auto"``, relative to the mean diagonal: one value per decade.
 JITTER_GRID = tuple(10.0 ** e for e in range(-12, 0))
 _ROW_BLOCK = 1024
+_TILE = 512
 
 
 class IllConditionedWarning(UserWarning):
@@ -67,12 +68,55 @@ def _row_blocks(n: int):
     return [(i, min(i + _ROW_BLOCK, n)) for i in range(0, n, _ROW_BLOCK)]
 
 
-def _max_asymmetry(m: torch.Tensor) -> tuple[float, float]:
-    """(max |M - M^T|, max |M|), computed in row blocks."""
-    blocks = _row_blocks(m.shape[0])
-    asym = max(float((m[i:j] - m[:, i:j].T).abs().max()) for i, j in blocks)
-    scale = max(float(m[i:j].abs().max()) for i, j in blocks)
-    return asym, scale
+def finite_or_raise(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``data.check_finite`` with a fast path: one reduction (NaN and inf propagate through a sum);
+    the element-wise search that locates the first bad value runs only when the sum is not finite."""
+    if not math.isfinite(float(t.sum())):
+        check_finite(t, name)
+    return t
+
+
+def _max_abs(m: torch.Tensor) -> float:
+    """``max |M|`` by two reductions, without an n x n temporary (NaN propagates)."""
+    return max(float(m.max()), -float(m.min()))
+
+
+def _max_asymmetry(m: torch.Tensor) -> float:
+    """``max |M - M^T|`` in row blocks, without an n x n temporary."""
+    return max(float((m[i:j] - m[:, i:j].T).abs().max()) for i, j in _row_blocks(m.shape[0]))
+
+
+def _symmetrised(m: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``((M + M^T) / 2, max |M - M^T|)`` over the upper triangle of cache-sized tiles.
+
+    Measured at n = 4000, one thread: 0.14 s, against 0.49 s for ``m + m.T`` in one go.
+    """
+    n, out, asym = m.shape[0], torch.empty_like(m), 0.0
+    for i in range(0, n, _TILE):
+        for j in range(i, n, _TILE):
+            a, b = m[i:i + _TILE, j:j + _TILE], m[j:j + _TILE, i:i + _TILE].T
+            asym = max(asym, float((a - b).abs().max()))
+            tile = (a + b).mul_(0.5)
+            out[i:i + _TILE, j:j + _TILE] = tile
+            out[j:j + _TILE, i:i + _TILE] = tile.T
+    return out, asym
+
+
+def _finite_scale(m: torch.Tensor, name: str) -> float:
+    """``max |M|``; raises, locating the first NaN / inf, when it is not finite."""
+    scale = _max_abs(m)
+    if not math.isfinite(scale):
+        check_finite(m, name)
+    return scale
+
+
+def _raise_if_asymmetric(name: str, asym: float, scale: float, rtol: float) -> None:
+    if asym > rtol * scale:
+        raise ValueError(
+            f"{name}: is not symmetric: max |M - M^T| = {asym:.3g}, which is "
+            f"{asym / scale:.3g} of the largest entry {scale:.3g} (tolerance {rtol:g}); "
+            "a kernel matrix K(x, x) must be symmetric: check how it was computed, "
+            "or symmetrise it with (M + M.T) / 2 if the asymmetry is round-off")
 
 
 def _one_norm(m: torch.Tensor) -> float:
@@ -90,14 +134,8 @@ def user_stacklevel() -> int:
 
 
 def check_symmetric(m: torch.Tensor, name: str, rtol: float = 1e-10) -> None:
-    """Raise unless ``max |M - M^T| <= rtol * max |M|`` (reported with the numbers)."""
-    asym, scale = _max_asymmetry(m)
-    if asym > rtol * scale:
-        raise ValueError(
-            f"{name}: is not symmetric: max |M - M^T| = {asym:.3g}, which is "
-            f"{asym / scale:.3g} of the largest entry {scale:.3g} (tolerance {rtol:g}); "
-            "a kernel matrix K(x, x) must be symmetric: check how it was computed, "
-            "or symmetrise it with (M + M.T) / 2 if the asymmetry is round-off")
+    """Raise unless M is finite and ``max |M - M^T| <= rtol * max |M|`` (reported with the numbers)."""
+    _raise_if_asymmetric(name, _max_asymmetry(m), _finite_scale(m, name), rtol)
 
 
 def fix_signs(vectors: torch.Tensor) -> torch.Tensor:
@@ -114,6 +152,20 @@ def fix_signs(vectors: torch.Tensor) -> torch.Tensor:
         signs[signs == 0] = 1.0
         block.mul_(signs)
     return vectors
+
+
+def _cholesky(m: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Lower Cholesky factor and LAPACK's info (0: success; i > 0: leading minor i not PD).
+
+    On CPU scipy's LAPACK ``potrf`` (OpenBLAS): measured at n = 4000, one thread, 1.0-1.75 s against
+    1.7-2.4 s for torch.linalg.cholesky_ex (MKL). A C-ordered symmetric M is its own Fortran-ordered
+    transpose, so the upper factor of ``M^T`` computed in Fortran order is L in C order: no extra copy.
+    """
+    if m.device.type != "cpu":
+        L, info = torch.linalg.cholesky_ex(m)
+        return L, int(info)
+    u, info = scipy.linalg.lapack.dpotrf(m.numpy().T, lower=0, clean=1)
+    return torch.from_numpy(u.T), int(info)
 
 
 def _eigvalsh(m: torch.Tensor) -> torch.Tensor:
@@ -185,10 +237,10 @@ class SymmetricPSD:
             raise ValueError(f"{name}: expected a square matrix (n, n), got shape {tuple(m.shape)}")
         if m.shape[0] == 0:
             raise ValueError(f"{name}: is empty; pass a kernel matrix of at least one input")
-        check_finite(m, name)
         self.name = name
-        check_symmetric(m, name, symmetry_rtol(matrix))
-        m = (m + m.T).mul_(0.5)
+        scale = _finite_scale(m, name)
+        m, asym = _symmetrised(m)
+        _raise_if_asymmetric(name, asym, scale, symmetry_rtol(matrix))
         self._check_diagonal(m)
         self.mean_diagonal = float(m.diagonal().mean())
         self.ridge = float(diag_reg) * (self.mean_diagonal if reg == "relative" else 1.0)
@@ -259,8 +311,8 @@ class SymmetricPSD:
     def cholesky(self) -> torch.Tensor:
         """Lower Cholesky factor L (``matrix = L L^T``), computed once."""
         if self._chol is None:
-            L, info = torch.linalg.cholesky_ex(self.matrix)
-            if int(info) != 0:
+            L, info = _cholesky(self.matrix)
+            if info != 0:
                 if self._jitter_mode != "auto":
                     raise self._singular_error()
                 L = self._cholesky_with_jitter()
@@ -280,8 +332,8 @@ class SymmetricPSD:
         while lo <= hi:
             mid = (lo + hi) // 2
             diag.copy_(original + JITTER_GRID[mid] * scale)
-            L, info = torch.linalg.cholesky_ex(self.matrix)
-            if int(info) == 0:
+            L, info = _cholesky(self.matrix)
+            if info == 0:
                 found, hi = (mid, L), mid - 1
             else:
                 lo = mid + 1
@@ -348,7 +400,7 @@ class SymmetricPSD:
         if t.ndim not in (1, 2) or t.shape[0] != self.n:
             raise ValueError(f"{name}: expected shape ({self.n},) or ({self.n}, k) to match the "
                              f"{self.n} x {self.n} {self.name}, got {tuple(t.shape)}")
-        return check_finite(t, name)
+        return finite_or_raise(t, name)
 
     def matvec(self, v) -> torch.Tensor:
         """``matrix @ v`` for v of shape (n,) or (n, k)."""

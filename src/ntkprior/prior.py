@@ -130,8 +130,9 @@ class KernelPrior:
         Any ``arch_or_kernel`` of :mod:`ntkprior.sources` is accepted (architecture, callable, ...).
         """
         check_kernel_name(kernel)
-        H = resolve_kernels(arch_or_kernel, progress=progress).matrix(kernel, x)
-        return cls(H, diag_reg=diag_reg, reg=reg, jitter=jitter, name=kernel.upper())
+        source = resolve_kernels(arch_or_kernel, progress=progress)
+        return cls(source.matrix(kernel, x), diag_reg=diag_reg, reg=reg, jitter=jitter,
+                   name=source.label(kernel))
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, x, *, diag_reg: float = 0.0, reg: str = "relative",
@@ -339,13 +340,14 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
     shows only the conditional and states the peak height, so the joint cannot be misread.
     """
     check_kernel_name(kernel)
-    blocks = resolve_kernels(arch_or_kernel, progress=progress).blocks([kernel], x_train, x_test)[kernel]
+    source = resolve_kernels(arch_or_kernel, progress=progress)
+    blocks = source.blocks([kernel], x_train, x_test)[kernel]
     if blocks.test_train is None:
         raise ValueError("x_test: rank_candidates needs test inputs (or precomputed KernelBlocks "
                          "with test_train and test blocks)")
     y = as_labels(y_train, blocks.n_train, "y_train")
     named = _candidate_list(candidates, blocks.n_test, y.shape[1])
-    psd = as_symmetric_psd(blocks.train, f"{kernel.upper()} of the training inputs",
+    psd = as_symmetric_psd(blocks.train, f"{source.label(kernel)} of the training inputs",
                            diag_reg=diag_reg, reg=reg, jitter=jitter)
     marginal = _gaussian_log_prob(psd, y)
     mean, sigma_star = _gp_conditional(psd, blocks.test_train, blocks.test, y, full=True)
@@ -377,7 +379,7 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
         rows.append(CandidateScore(name, conditional, conditional - best_conditional,
                                    marginal + conditional, maha, z, differences))
     return CandidateRanking(
-        tuple(rows), kernel.upper(), blocks.n_train, blocks.n_test, marginal, mean, cond.matrix,
+        tuple(rows), source.label(kernel), blocks.n_train, blocks.n_test, marginal, mean, cond.matrix,
         -0.5 * y.shape[1] * (cond.logdet() + blocks.n_test * LOG_2PI),
         joint_values)
 
@@ -633,7 +635,7 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     y = as_labels(y_train, main.n_train, "y_train")
     m = y.numel()
     rates = None if times is None else learning_rate * times / m        # eta t / m
-    psd = as_symmetric_psd(main.train, f"{names[0].upper()} of the training inputs",
+    psd = as_symmetric_psd(main.train, f"{source.label(names[0])} of the training inputs",
                            diag_reg=diag_reg, reg=reg, jitter=jitter)
     if rates is None and kind != "gd-ensemble" and main.test_train is not None:
         test = None if cov is None else (main.test if full_cov else main.test_diagonal())

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from ntkprior.data import as_inputs, check_finite, check_same_features, to_tensor
-from ntkprior.linalg import SymmetricPSD
+from ntkprior.data import as_inputs, check_same_features, to_tensor
+from ntkprior.linalg import SymmetricPSD, finite_or_raise
 
 __all__ = ["KERNEL_NAMES", "KernelBlocks", "KernelSource", "resolve_kernels", "check_kernel_name",
            "is_kernel_operator"]
@@ -49,7 +49,7 @@ def _matrix(value, name: str, shape: tuple) -> torch.Tensor:
     if t.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
         want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
-    return check_finite(t, name)
+    return finite_or_raise(t, name)
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,10 @@ class KernelSource:
         blocks, if any). Returned per requested kernel name.
         """
         raise NotImplementedError
+
+    def label(self, kernel: str) -> str:
+        """How messages name the kernel: "NTK" / "NNGP", or "kernel" for a user's single kernel."""
+        return kernel.upper() if self.names is not None else "kernel"
 
     def _check_names(self, names: Iterable[str], single: bool = True) -> tuple[str, ...]:
         """Validate requested kernel names; ``single``: a source without names has one kernel."""

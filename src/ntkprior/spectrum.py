@@ -21,9 +21,9 @@ import numpy as np
 import scipy.sparse.linalg
 import torch
 
-from ntkprior.data import as_inputs, check_finite, to_tensor
-from ntkprior.linalg import (IllConditionedWarning, as_symmetric_psd, check_symmetric, fix_signs,
-                             symmetry_rtol, user_stacklevel)
+from ntkprior.data import as_inputs, to_tensor
+from ntkprior.linalg import (IllConditionedWarning, as_symmetric_psd, check_symmetric, finite_or_raise,
+                             fix_signs, symmetry_rtol, user_stacklevel)
 from ntkprior.sources import KernelSource, check_kernel_name, is_kernel_operator, resolve_kernels
 
 __all__ = ["Eigenmodes", "eigenmodes", "count_sign_changes", "DENSE_LIMIT"]
@@ -79,7 +79,7 @@ class Eigenmodes:
                 raise ValueError("x_new: these eigenmodes come from a matrix, so the kernel cannot be "
                                  "evaluated at new inputs; pass cross=H(x_new, X) instead")
             cross = self.source.cross(self.requested, as_inputs(x_new, "x_new"), self.x)
-        cross = check_finite(to_tensor(cross, "cross"), "cross")
+        cross = finite_or_raise(to_tensor(cross, "cross"), "cross")
         n = self.vectors.shape[0]
         if cross.ndim != 2 or cross.shape[1] != n:
             raise ValueError(f"cross: expected shape (n_new, {n}) (the kernel between the new inputs "
@@ -153,19 +153,19 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str = "ntk"
         w, v = _lanczos(arch_or_kernel.matvec, n, _check_k(k, n, dense=False), tol, seed)
         return Eigenmodes(w.clamp(min=0), v, kernel, None if x is None else as_inputs(x, "x"))
     source = resolve_kernels(arch_or_kernel, progress=progress)
-    label = kernel if source.names is not None else "kernel"
+    label = kernel if source.names is not None else "kernel"      # Eigenmodes.kernel
     matrix = source.matrix(kernel, x)
     n = matrix.n if not isinstance(matrix, torch.Tensor) else matrix.shape[0]
     dense = method == "dense" or (method == "auto" and n <= DENSE_LIMIT)
     k = _check_k(k, n, dense)
     x_kept = None if x is None else as_inputs(x, "x")
     if dense:
-        w, v = as_symmetric_psd(matrix, f"{label.upper()} of the inputs").eigh()
+        w, v = as_symmetric_psd(matrix, f"{source.label(kernel)} of the inputs").eigh()
         values, vectors = w[n - k:].flip(0), v[:, n - k:].flip(1)     # copies only n x k
     else:
         if not isinstance(matrix, torch.Tensor):
             matrix = matrix.matrix
-        check_symmetric(matrix, f"{label.upper()} of the inputs", symmetry_rtol(matrix))
+        check_symmetric(matrix, f"{source.label(kernel)} of the inputs", symmetry_rtol(matrix))
         values, vectors = _lanczos(lambda b: matrix @ b, n, k, tol, seed)
         values = values.clamp(min=0)
     keep_source = x_kept is not None and not source.precomputed
