@@ -10,6 +10,7 @@ import ntkprior.layers as L
 from ntkprior.dynamics import linearized_dynamics
 from ntkprior.empirical import empirical_ntk
 from ntkprior.prior import predict
+from ntkprior import training
 from ntkprior.training import minibatch_weights, train, width_sweep
 
 
@@ -40,7 +41,10 @@ def loop_reference(arch, x, y, xt, steps, lr, seeds, momentum=0.0, batches=None)
     return outs
 
 
-def test_vectorised_ensemble_equals_a_loop_of_torch_optim(data):
+@pytest.mark.parametrize("group_bytes", [2 << 20, 1])
+def test_vectorised_ensemble_equals_a_loop_of_torch_optim(data, monkeypatch, group_bytes):
+    """One group of 3 networks, and (group_bytes=1) one group per network."""
+    monkeypatch.setattr(training, "_GROUP_BYTES", group_bytes)
     x, y, xt = data
     arch = small_arch(k=2)
     result = train(arch, x, y, xt, 60, 0.3, seed=5, ensemble=3, momentum=0.9, track_kernel=False)
@@ -61,7 +65,9 @@ class TorchArch:
                                    torch.nn.Linear(16, 2)).to(dtype)
 
 
-def test_any_torch_module_trains_like_the_loop(data):
+def test_any_torch_module_trains_like_the_loop(data, monkeypatch):
+    """The vmap path, one group per network (also for the linearised networks)."""
+    monkeypatch.setattr(training, "_GROUP_BYTES", 1)
     x, y, xt = data
     arch = TorchArch()
     result = train(arch, x, y, xt, 30, 0.3, seed=1, ensemble=2, momentum=0.5)

@@ -112,7 +112,7 @@ class LinearizedDynamics:
             raise ValueError(f"method: expected one of {METHODS} ('gd' for discrete steps, 'flow' for "
                              f"continuous gradient flow), got {method!r}")
         self.method = method
-        self.learning_rate = _check_learning_rate(learning_rate)
+        self.learning_rate = check_positive(learning_rate, "learning_rate")
         full = _FullKernel.detect(theta, y_train)
         if full is not None:
             theta, theta_test_train = full.flatten_kernel(theta, "theta"), full.flatten_kernel(theta_test_train, "theta_test_train")
@@ -344,11 +344,12 @@ def _as_times(t, method: str) -> np.ndarray:
     return times
 
 
-def _check_learning_rate(lr) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"learning_rate: expected a finite number > 0, got {lr!r}")
-    return float(lr)
+def check_positive(value, name: str) -> float:
+    """A finite number > 0 (a learning rate), as a float; else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def _cross_kernel(matrix, n: int):

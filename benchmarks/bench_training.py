@@ -1,0 +1,144 @@
+"""Benchmark: vectorised ensemble training and closed-form dynamics at many times.
+
+    python benchmarks/bench_training.py            # the issue's sizes (about 5 minutes on 1 thread)
+    python benchmarks/bench_training.py --quick    # small sizes, a smoke run (about 20 s)
+
+1. Training an ensemble of 256 networks of hidden width 512 for 1000 steps of full-batch gradient
+   descent on 64 points (inputs N(0, I) in 8 dimensions, labels sin of the first coordinate):
+     ntkprior   train(arch, x, y, None, steps, lr, ensemble=256, record=[0, steps], track_kernel=False)
+                (stacked parameters, one batched forward/backward per step)
+     baseline   a Python loop over 256 torch.nn networks (arch.build), each trained by its own
+                torch.optim.SGD: zero_grad, ½·mean loss, backward, step
+   Two architectures: one hidden layer (dense(512) relu dense(1), the small networks ensembles are
+   made of: per-step overhead dominates) and the seed's two hidden layers (dense(512) relu dense(512)
+   relu dense(1): the 512 x 512 products dominate). Extrapolated, and said so in the output: the
+   loop is timed on --loop-nets networks and scaled to 256; the two-hidden-layer ensemble is timed
+   for --deep-steps steps and scaled to 1000 (cost per step is constant). float32, as networks are
+   usually trained (--dtype float64 to change).
+2. Closed-form outputs of the linearised network (ntkprior.dynamics, discrete GD) at 1000 times for
+   n = 4000 training and 500 test points (analytic NTK of the seed's network):
+     ntkprior   LinearizedDynamics(theta, y, theta_tx, learning_rate).at(times): one
+                eigendecomposition, then two matrix products with 1000 columns
+     baseline   the same at each time separately, i.e. a fresh eigendecomposition per time; timed on
+                --recompute-times times and scaled to 1000. The outputs of both are compared.
+No neural-tangents figure: its baseline script (../shared/baselines/nt_baseline.py) has no training or
+time-series case.
+Threads: torch.set_num_threads(T) and threadpoolctl for scipy's BLAS, T = --threads (default 1: the
+machine has 2 cores shared with other work, see FACTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from ntkprior.dynamics import LinearizedDynamics
+from ntkprior.layers import Dense, ReLU, serial
+from ntkprior.training import train
+
+ENSEMBLE, WIDTH, STEPS, POINTS, DIM = 256, 512, 1000, 64, 8
+LEARNING_RATE = 0.05
+
+
+def seed_network(width: int, hidden_layers: int):
+    layers = []
+    for _ in range(hidden_layers):
+        layers += [Dense(width, weight_std=1.5, bias_std=0.05), ReLU()]
+    return serial(*layers, Dense(1, weight_std=1.5, bias_std=0.05))
+
+
+def time_vectorised(arch, x, y, ensemble: int, steps: int, dtype) -> float:
+    """Seconds for ``steps`` steps of ``ensemble`` networks trained together (after a warm-up)."""
+    train(arch, x, y, None, 2, LEARNING_RATE, ensemble=ensemble, record=[0, 2], track_kernel=False, dtype=dtype)
+    t0 = time.perf_counter()
+    train(arch, x, y, None, steps, LEARNING_RATE, ensemble=ensemble, record=[0, steps], track_kernel=False,
+          dtype=dtype)
+    return time.perf_counter() - t0
+
+
+def time_loop(arch, x, y, nets: int, steps: int, dtype) -> float:
+    """Seconds for ``nets`` torch.nn networks trained one after the other by torch.optim.SGD."""
+    x, y = x.to(dtype), y.to(dtype)
+    models = [arch.build(x.shape[1], seed=s, dtype=dtype) for s in range(nets)]
+    t0 = time.perf_counter()
+    for net in models:
+        opt = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE)
+        for _ in range(steps):
+            opt.zero_grad()
+            (0.5 * (net(x) - y).pow(2).mean()).backward()
+            opt.step()
+    return time.perf_counter() - t0
+
+
+def bench_ensembles(args, dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(POINTS, DIM, generator=g, dtype=torch.float64)
+    y = torch.sin(x[:, :1])
+    ensemble, steps = args.ensemble, args.steps
+    print(f"1. {ensemble} networks of width {args.width}, {steps} steps of gradient descent on {POINTS} points "
+          f"({dtype}, {args.threads} thread(s))")
+    for hidden, timed_steps in ((1, steps), (2, min(args.deep_steps, steps))):
+        arch = seed_network(args.width, hidden)
+        vec = time_vectorised(arch, x, y, ensemble, timed_steps, dtype) * steps / timed_steps
+        loop_steps = min(steps, args.loop_steps)
+        loop = time_loop(arch, x, y, args.loop_nets, loop_steps, dtype) * (ensemble / args.loop_nets) * (steps / loop_steps)
+        how_vec = "" if timed_steps == steps else f" (timed {timed_steps} steps, scaled x{steps / timed_steps:g})"
+        how_loop = f" (timed {args.loop_nets} networks x {loop_steps} steps, scaled x{ensemble * steps / (args.loop_nets * loop_steps):g})"
+        print(f"   {hidden} hidden layer(s): ntkprior vectorised {vec:8.1f} s{how_vec}")
+        print(f"   {'':17} torch.optim loop   {loop:8.1f} s{how_loop}")
+        print(f"   {'':17} ratio loop / vectorised = {loop / vec:.1f}x")
+
+
+def bench_closed_form(args) -> None:
+    n, n_test, times = args.n, args.n // 8, np.arange(1, args.times + 1) * 100.0     # steps 100, 200, ...
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(size=(n, 10)), rng.normal(size=(n_test, 10))
+    y = np.sin(x[:, :1])
+    arch = seed_network(WIDTH, 2)
+    t0 = time.perf_counter()
+    theta, theta_tx = arch.kernel(x).ntk, arch.kernel(xt, x).ntk
+    kernel_s = time.perf_counter() - t0
+    lr = 0.5 * 2 * n / float(torch.linalg.matrix_norm(theta, ord=2))      # half the stable maximum
+    print(f"2. closed-form outputs at {len(times)} times, n = {n} training and {n_test} test points "
+          f"(kernel computed once, {kernel_s:.1f} s, not counted)")
+    t0 = time.perf_counter()
+    all_times = LinearizedDynamics(theta, y, theta_tx, learning_rate=lr).at(times)
+    reused = time.perf_counter() - t0
+    few = times[:: max(1, len(times) // args.recompute_times)][: args.recompute_times]
+    t0 = time.perf_counter()
+    singles = [LinearizedDynamics(theta, y, theta_tx, learning_rate=lr).at(t) for t in few]
+    per_time = (time.perf_counter() - t0) / len(few)
+    worst = max(float((s.test_outputs[0] - all_times.test_outputs[np.searchsorted(times, t)]).abs().max())
+                for s, t in zip(singles, few))
+    print(f"   one eigendecomposition, reused   {reused:8.1f} s")
+    print(f"   recomputed per time              {per_time * len(times):8.1f} s (timed {len(few)} times, "
+          f"{per_time:.1f} s each, scaled x{len(times) / len(few):g})")
+    print(f"   ratio = {per_time * len(times) / reused:.0f}x; largest difference of the test outputs {worst:.1e}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--loop-nets", type=int, default=16, help="networks timed in the loop baseline")
+    p.add_argument("--loop-steps", type=int, default=1000, help="steps timed per loop network")
+    p.add_argument("--deep-steps", type=int, default=50, help="steps timed for the two-hidden-layer ensemble")
+    p.add_argument("--recompute-times", type=int, default=2, help="times timed for the per-time baseline")
+    args = p.parse_args()
+    args.ensemble, args.width, args.steps, args.n, args.times = ENSEMBLE, WIDTH, STEPS, 4000, 1000
+    if args.quick:
+        args.ensemble, args.width, args.steps, args.n, args.times = 32, 128, 100, 500, 100
+        args.loop_nets, args.loop_steps, args.deep_steps = 4, 100, 20
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(args.threads):
+        bench_ensembles(args, getattr(torch, args.dtype))
+        bench_closed_form(args)
+
+
+if __name__ == "__main__":
+    main()
