@@ -48,10 +48,14 @@ def _gaussian_log_prob(psd: SymmetricPSD, y: torch.Tensor) -> float:
     return -0.5 * (psd.quad_form(y) + k * psd.logdet() + n * k * LOG_2PI)
 
 
-def _format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+def _format_table(headers: list[str], rows: list[list[str]], left: tuple[int, ...] = ()) -> str:
+    """Plain-text table: numbers right-aligned, the columns in ``left`` left-aligned."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
     return "\n".join([line(headers)] + [line(r) for r in rows])
 
 
@@ -205,12 +209,12 @@ class CandidateScore:
 
 
 _JOINT_WARNING = (
-    "Rank by log p(y*|Y): every row scores the SAME test inputs X*, so these differences are\n"
-    "log-odds between the candidates. The joint log p(Y, y*) = log p(Y) + log p(y*|Y)\n"
-    "(.rows[i].joint_log_prob) is NOT comparable between different test inputs: its largest possible\n"
-    "value, -1/2 log det(2 pi Sigma*) = {peak:.4g} here, depends on X* (MATH.md section 3), so a\n"
-    "higher joint density elsewhere is not a more plausible generalisation. Across different test\n"
-    "inputs compare the Mahalanobis distances or the standardised residuals z = (y* - mu*)/sigma*.")
+    "Ranked by log p(y*|Y): every row labels the SAME test inputs X*, so the differences are\n"
+    "log-odds between the candidates. The joint log p(Y, y*) = log p(Y) + log p(y*|Y) (in\n"
+    ".rows[i].joint_log_prob) is NOT comparable between different test inputs: its largest\n"
+    "possible value, -1/2 log det(2 pi Sigma*) = {peak:.4g} here, depends on X*, so a higher joint\n"
+    "density elsewhere is no sign of a more plausible generalisation. Across different test inputs\n"
+    "compare Mahalanobis distances or standardised residuals z = (y* - mu*)/sigma* instead.")
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,7 @@ class CandidateRanking:
                    "modes making the difference (nats vs best)"]
         title = (f"{len(self.rows)} candidate labelings of the same {self.n_test} test inputs under the "
                  f"{self.kernel} prior, given {self.n_train} training labels; best first")
-        return "\n".join([title, _format_table(headers, rows),
+        return "\n".join([title, _format_table(headers, rows, left=(1, 6)),
                           _JOINT_WARNING.format(peak=self.peak_log_prob)])
 
     __str__ = __repr__ = to_text
