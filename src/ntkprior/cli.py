@@ -2,12 +2,18 @@
 
 Every command reads .npy/.npz/.csv and writes .npz/.json/.csv; bad input exits with
 code 2 and a message naming the problem, never a traceback.
+
+Options mean the same in every command: ``--arch`` (a spec or a .yaml/.json file),
+``--train`` (inputs and labels), ``--test`` (inputs), ``--candidates``, ``--kernel``,
+``--learning-rate``, ``--steps``, ``--seed``, ``--ensemble``, ``--widths``, ``--diag-reg``,
+``--out`` (a file; its suffix picks the format) and ``--format text|json`` (what is printed).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -16,22 +22,38 @@ import typer
 
 app = typer.Typer(help="The Neural Tangent Kernel as a prior: kernels, eigenmodes, "
                        "candidate generalisations, dynamics and reports.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode="markdown")
 
 ARCH_HELP = ('architecture: a one-line spec such as "dense(512, weight_std=1.5, bias_std=0.05) relu '
              'dense(1)", or a .yaml/.json file holding one')
+TRAIN_HELP = ("training data: a .csv with a header row whose label column is named y (all other columns "
+              "are inputs; no header: the last column is y), or an .npz with arrays x and y")
+TEST_HELP = ("test inputs: a .csv (same input columns as --train; a y column, if any, is scored as the "
+             "candidate 'labels in the test file'), an .npy, or an .npz with array x")
+CANDIDATES_HELP = ("candidate labelings of the test inputs: a .csv with one column per candidate (header = "
+                   "names) and one row per test input, a .json {name: [labels]}, an .npz or an .npy "
+                   "(n_candidates, n_test)")
+FORMAT_HELP = "what to print: text (tables) or json (machine-readable)"
+SMALL = '"[dense(512, weight_std=1.5, bias_std=0.05) relu]*2 dense(1)"'
 
 
 def fails_cleanly(fn):
-    """Turn a ValueError from the library into exit code 2 and a one-line message."""
+    """Turn a ValueError from the library into exit code 2 and a one-line message, and print the
+    library's warnings as ``warning: ...`` lines on stderr (not Python's file:line format)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return fn(*args, **kwargs)
+            except (ValueError, FileNotFoundError) as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            finally:
+                for message in dict.fromkeys(str(w.message) for w in caught):
+                    typer.echo(f"warning: {message}", err=True)
 
     return wrapper
 
@@ -41,6 +63,92 @@ def read_inputs(path: Path, name: str) -> np.ndarray:
     return load_array(path, name)
 
 
+def _example(*lines: str) -> str:
+    """An epilog with example command lines, one paragraph each."""
+    return ("Example:" if len(lines) == 1 else "Examples:") + "".join(f"\n\n    {line}" for line in lines)
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ("text", "json"):
+        raise ValueError(f"--format: expected 'text' or 'json', got {fmt!r}")
+    return fmt
+
+
+def _emit(fmt: str, text: str, payload: dict) -> None:
+    """Print the text, or the payload as JSON."""
+    if fmt == "json":
+        from .report import jsonable
+        typer.echo(json.dumps(jsonable(payload), indent=1))
+    else:
+        typer.echo(text)
+
+
+def _write(out: Optional[Path], payload: dict, csv_table: Optional[tuple] = None) -> None:
+    """Write ``payload`` to ``out`` by its suffix: .npz (arrays), .json, or .csv (``csv_table``)."""
+    if out is None:
+        return
+    from .report import jsonable
+    suffix = out.suffix.lower()
+    if suffix == ".json":
+        out.write_text(json.dumps(jsonable(payload), indent=1))
+    elif suffix == ".npz":
+        np.savez(out, **{k: np.asarray(jsonable(v) if not isinstance(v, np.ndarray) else v)
+                         for k, v in payload.items() if v is not None})
+    elif suffix == ".csv" and csv_table is not None:
+        header, rows = csv_table
+        with open(out, "w") as f:
+            f.write(",".join(header) + "\n")
+            for row in rows:
+                f.write(",".join(str(v) for v in row) + "\n")
+    else:
+        kinds = ".npz, .json" + (" or .csv" if csv_table is not None else "")
+        raise ValueError(f"--out: cannot write {out.suffix or 'a file without suffix'!r} here; use {kinds}")
+
+
+def _numbers(text: str, name: str, cast=float) -> list:
+    """A comma-separated list of numbers, e.g. "64,256,1024" or "10,100,inf"."""
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: could not read {text!r}; write numbers separated by commas, "
+                         "e.g. 64,256,1024") from None
+    if not values:
+        raise ValueError(f"{name}: is empty; write numbers separated by commas")
+    return values
+
+
+def _train_data(path: Path):
+    from .data import load_labelled
+    return load_labelled(path, "--train")
+
+
+def _test_data(path: Optional[Path]):
+    """(test inputs, test labels or None); (None, None) without a test file."""
+    if path is None:
+        return None, None
+    from .data import load_labelled
+    return load_labelled(path, "--test", labels="optional")
+
+
+def _candidates(path: Optional[Path], x_test, y_test) -> Optional[dict]:
+    """Named candidate labelings of the test inputs: the --candidates file, plus the test file's labels."""
+    if x_test is None:
+        if path is not None:
+            raise ValueError("--candidates: candidate labels are for test inputs; pass --test too")
+        return None
+    out = {}
+    if path is not None:
+        from .data import load_candidates
+        out.update(load_candidates(path, x_test.shape[0]))
+    if y_test is not None:
+        if y_test.shape[1] != 1:
+            raise ValueError(f"--test: has {y_test.shape[1]} label columns; candidates have one label per "
+                             "test input")
+        out["labels in the test file"] = y_test[:, 0]
+    return out or None
+
+
+# ============================================================================== kernel
 @app.command(epilog='Example: ntkprior kernel --arch "dense(512) relu dense(1)" --x1 x.npy --out K.npz')
 @fails_cleanly
 def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
@@ -61,21 +169,288 @@ def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
     typer.echo(json.dumps({"out": str(out), "shape": list(k.ntk.shape), "arch": str(architecture)}))
 
 
-@app.command()
+# ============================================================================== eigen
+@app.command(epilog=_example(f"ntkprior eigen --arch {SMALL} --x grid.csv --k 8 --figure eigen.png --out eigen.npz"))
 @fails_cleanly
-def report() -> None:
-    """Run the analysis on the built-in default (grows into the full report)."""
-    import torch
+def eigen(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+          x: Path = typer.Option(..., "--x", help="inputs (n, d): .npy, .npz (array x) or .csv"),
+          kernel: str = typer.Option("ntk", "--kernel", help="ntk or nngp"),
+          k: int = typer.Option(20, "--k", help="number of eigenpairs (largest first)"),
+          figure: Optional[Path] = typer.Option(None, "--figure",
+                                                help="write the spectrum and eigenfunction figure (.png, .svg, .pdf)"),
+          out: Optional[Path] = typer.Option(None, "--out", help="write values, vectors, sign changes: .npz, .json or .csv"),
+          fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+          ) -> None:
+    """Eigenvalues and eigenvectors of ARCH's kernel on the inputs, and a figure of them.
 
-    import ntkprior as ntp
-    arch = ntp.serial(ntp.Dense(512, weight_std=1.5, bias_std=0.05), ntp.ReLU(),
-                      ntp.Dense(512, weight_std=1.5, bias_std=0.05), ntp.ReLU(),
-                      ntp.Dense(1, weight_std=1.5, bias_std=0.05))
-    x = torch.linspace(-3, 3, 7, dtype=torch.float64)[:, None]
-    k = arch.kernel(x)
-    torch.set_printoptions(precision=4, linewidth=120)
-    typer.echo(f"architecture: {arch}\ninputs: {x.squeeze(1).tolist()}")
-    typer.echo(f"NNGP:\n{k.nngp}\nNTK:\n{k.ntk}")
+    Eigenvectors are drawn against x for 1-D inputs, else against the input's principal coordinate;
+    for 1-D inputs the sign changes of each eigenvector along x are counted.
+    """
+    from . import plots
+    from .spec import load_arch
+    from .spectrum import count_sign_changes, eigenmodes
+    _check_format(fmt)
+    architecture = load_arch(arch)
+    inputs = read_inputs(x, "--x")
+    modes = eigenmodes(architecture, inputs, k=min(k, len(inputs)) if k >= 1 else k, kernel=kernel)
+    one_d = inputs.ndim == 2 and inputs.shape[1] == 1
+    order = np.argsort(inputs[:, 0], kind="stable") if one_d else None
+    changes = count_sign_changes(modes.vectors[order]).tolist() if one_d else None
+    payload = {"arch": str(architecture), "kernel": kernel, "n": len(inputs), "values": modes.values,
+               "vectors": modes.vectors, "sign_changes": changes}
+    rows = [[i + 1, f"{float(v):.6g}", "" if changes is None else changes[i]] for i, v in enumerate(modes.values)]
+    _write(out, payload, (["mode", "eigenvalue", "sign_changes"], rows))
+    if figure is not None:
+        if one_d:
+            coordinate, label = inputs[:, 0], "input x"
+        else:
+            from sklearn.decomposition import PCA
+            coordinate, label = PCA(1).fit_transform(inputs)[:, 0], "principal coordinate of the input"
+        fig = plots.eigenmode_overview({f"{kernel.upper()} of {architecture}"[:60]: {
+            "x": coordinate, "values": modes.values, "vectors": modes.vectors, "sign_changes": changes}},
+            xlabel=label)
+        fig.savefig(figure, dpi=110)
+    text = "\n".join([f"{kernel.upper()} of {architecture} on {len(inputs)} inputs: top {len(modes)} eigenpairs",
+                      "mode  eigenvalue" + ("  sign changes" if one_d else "")]
+                     + [f"{r[0]:>4}  {r[1]:>10}" + (f"  {r[2]:>12}" if one_d else "") for r in rows])
+    _emit(fmt, text, {k: v for k, v in payload.items() if k != "vectors"})
+
+
+# ============================================================================== score
+@app.command(epilog=_example(f"ntkprior score --arch {SMALL} --train train.csv --test test.csv "
+                             "--candidates cands.csv --out ranking.csv"))
+@fails_cleanly
+def score(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+          train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
+          test_file: Path = typer.Option(..., "--test", help=TEST_HELP),
+          candidates_file: Optional[Path] = typer.Option(None, "--candidates", help=CANDIDATES_HELP),
+          kernel: str = typer.Option("ntk", "--kernel", help="ntk (the NTK-GP prior) or nngp (random networks)"),
+          diag_reg: float = typer.Option(0.0, "--diag-reg", help="ridge on the training kernel, relative to its mean diagonal"),
+          out: Optional[Path] = typer.Option(None, "--out", help="write the ranking: .csv, .json or .npz"),
+          fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+          ) -> None:
+    """Rank candidate labelings of the test inputs by log p(y* | training data) under ARCH's kernel prior.
+
+    The joint log p(Y, y*) is shown beside it; it is comparable only between candidates of the same
+    test inputs (see docs/report.md).
+    """
+    from .prior import rank_candidates
+    from .spec import load_arch
+    _check_format(fmt)
+    architecture = load_arch(arch)
+    x, y = _train_data(train_file)
+    x_test, y_test = _test_data(test_file)
+    named = _candidates(candidates_file, x_test, y_test)
+    if named is None:
+        raise ValueError("--candidates: nothing to rank; pass --candidates, or a --test file with a y column")
+    ranking = rank_candidates(architecture, x, y, x_test, named, kernel=kernel, diag_reg=diag_reg)
+    rows = [{"rank": i + 1, "name": r.name, "conditional_log_prob": r.conditional_log_prob, "delta": r.delta,
+             "joint_log_prob": r.joint_log_prob, "mahalanobis": r.mahalanobis,
+             "max_abs_z": r.max_abs_residual} for i, r in enumerate(ranking.rows)]
+    payload = {"arch": str(architecture), "kernel": kernel, "marginal_log_prob": ranking.marginal_log_prob,
+               "peak_log_prob": ranking.peak_log_prob, "mean": ranking.mean,
+               "std": ranking.cov.diagonal().sqrt(), "rows": rows}
+    header = list(rows[0])
+    _write(out, payload, (header, [[json.dumps(r[h]) if h == "name" else r[h] for h in header] for r in rows]))
+    _emit(fmt, ranking.to_text(), payload)
+
+
+# ============================================================================== predict
+@app.command(epilog=_example(f"ntkprior predict --arch {SMALL} --train train.csv --test test.csv "
+                             "--kind gd-ensemble --t 100,1000,inf --learning-rate 0.05 --out pred.npz"))
+@fails_cleanly
+def predict(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+            train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
+            test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP + "; default: the training inputs"),
+            kind: str = typer.Option("nngp", "--kind", help="nngp, ntkgp, ntk, gd-ensemble or readout "
+                                     "(MATH.md section 4)"),
+            t: Optional[str] = typer.Option(None, "--t", help="training time(s) in steps, comma-separated; "
+                                            "inf: converged (for ntk, gd-ensemble, readout)"),
+            learning_rate: float = typer.Option(1.0, "--learning-rate", help="learning rate η of the training time"),
+            diag_reg: float = typer.Option(0.0, "--diag-reg", help="ridge on the training kernel, relative to its mean diagonal"),
+            out: Optional[Path] = typer.Option(None, "--out", help="write mean and std: .npz, .json, or .csv (one time)"),
+            fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+            ) -> None:
+    """Posterior or training-dynamics prediction of ARCH's kernel models at the test inputs."""
+    from .prior import predict as kernel_predict
+    from .spec import load_arch
+    _check_format(fmt)
+    architecture = load_arch(arch)
+    x, y = _train_data(train_file)
+    x_test, _ = _test_data(test_file)
+    times = None if t is None else _numbers(t, "--t")
+    post = kernel_predict(architecture, x, y, x_test, kind=kind, learning_rate=learning_rate, diag_reg=diag_reg,
+                          t=None if times is None else (times if len(times) > 1 else times[0]), cov="diagonal")
+    mean = post.mean.numpy()
+    std = None if post.std is None else post.std.numpy()
+    payload = {"arch": str(architecture), "kind": kind, "t": times, "learning_rate": learning_rate,
+               "mean": mean, "std": std, "on_train": post.on_train}
+    csv_rows = None
+    if times is None or len(times) == 1:
+        cols = mean.reshape(mean.shape[0], -1)
+        header = [f"mean_{j}" for j in range(cols.shape[1])] + ([] if std is None else ["std"])
+        csv_rows = (header, [list(cols[i]) + ([] if std is None else [std[i]]) for i in range(cols.shape[0])])
+    elif out is not None and out.suffix.lower() == ".csv":
+        raise ValueError("--out: a .csv holds one training time; use .npz or .json for several --t")
+    _write(out, payload, csv_rows)
+    where = "training inputs" if post.on_train else f"{len(mean)} test inputs"
+    lines = [f"{kind} prediction of {architecture} at the {where}"
+             + ("" if times is None else f", t = {', '.join(f'{v:g}' for v in times)} steps")]
+    flat = mean.reshape((len(times) if times and len(times) > 1 else 1), -1)
+    for j, row in enumerate(flat):
+        label = f"t = {times[j]:g}: " if times and len(times) > 1 else ""
+        lines.append(label + "mean " + " ".join(f"{v:.4g}" for v in row[:12]) + (" ..." if len(row) > 12 else ""))
+    if std is not None:
+        lines.append("std  " + " ".join(f"{v:.4g}" for v in np.asarray(std).reshape(-1)[:12]))
+    _emit(fmt, "\n".join(lines), payload)
+
+
+# ============================================================================== train
+@app.command("train", epilog=_example(
+    f"ntkprior train --arch {SMALL} --train train.csv --test test.csv --steps 1000 --learning-rate 0.05 "
+    "--ensemble 8 --out trained.npz",
+    f"ntkprior train --arch {SMALL} --train train.csv --test test.csv --widths 64,256,1024 --format json"))
+@fails_cleanly
+def train_command(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+                  train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
+                  test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP),
+                  steps: int = typer.Option(1000, "--steps", help="gradient-descent steps"),
+                  learning_rate: float = typer.Option(0.1, "--learning-rate", help="learning rate η (loss ½·mean)"),
+                  ensemble: int = typer.Option(4, "--ensemble", help="networks trained together (seeds seed, seed+1, ...)"),
+                  seed: int = typer.Option(0, "--seed", help="seed of the first network"),
+                  widths: Optional[str] = typer.Option(None, "--widths", help="hidden widths, comma-separated: "
+                                                       "one retrains at that width; several run a width sweep"),
+                  out: Optional[Path] = typer.Option(None, "--out", help="write the results: .npz or .json"),
+                  fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+                  ) -> None:
+    """Train finite networks of ARCH by gradient descent beside the kernel's prediction, or sweep the width.
+
+    One width: the trained outputs, loss, parameter and kernel change, and the infinite-width
+    GD-ensemble mean ± std at the same time. Several widths: a width sweep with fitted exponents.
+    """
+    from .prior import predict as kernel_predict
+    from .spec import load_arch
+    from .training import train, width_sweep
+    _check_format(fmt)
+    architecture = load_arch(arch)
+    x, y = _train_data(train_file)
+    x_test, _ = _test_data(test_file)
+    chosen = None if widths is None else _numbers(widths, "--widths", int)
+    if chosen is not None and len(chosen) > 1:
+        if x_test is None:
+            raise ValueError("--test: a width sweep compares test outputs; pass --test")
+        sweep = width_sweep(architecture, x, y, x_test, chosen, tuple(range(seed, seed + ensemble)), steps,
+                            learning_rate, progress=fmt == "text")
+        payload = {"arch": str(architecture), "widths": chosen, "steps": steps, "learning_rate": learning_rate,
+                   "seeds": list(sweep.seeds), "rows": [vars(r) for r in sweep.rows], "exponents": sweep.exponents}
+        _write(out, payload)
+        _emit(fmt, str(sweep), payload)
+        return
+    net = architecture if chosen is None else architecture.with_width(chosen[0])
+    result = train(net, x, y, x_test, steps, learning_rate, seed, ensemble=ensemble, progress=fmt == "text")
+    kernel_pred = kernel_predict(net, x, y, x_test, kind="gd-ensemble", t=steps, learning_rate=learning_rate,
+                                 cov="diagonal")
+    payload = {"arch": str(net), "steps": result.steps, "learning_rate": learning_rate, "seeds": list(result.seeds),
+               "loss": result.loss, "param_change": result.param_change, "kernel_change": result.kernel_change,
+               "train_outputs": result.train_outputs, "test_outputs": result.test_outputs,
+               "kernel_mean": kernel_pred.mean, "kernel_std": kernel_pred.std,
+               "diverged_at": result.diverged_at}
+    _write(out, payload)
+    last = {"loss": result.loss[:, -1], "param_change": result.param_change[:, -1],
+            "kernel_change": None if result.kernel_change is None else result.kernel_change[:, -1]}
+    text = [f"trained {result.ensemble} network(s) of {net} for {steps} steps at learning rate {learning_rate:g}",
+            "network  final loss  ‖θ−θ0‖/‖θ0‖  kernel change"]
+    for i in range(result.ensemble):
+        change = "–" if last["kernel_change"] is None else f"{float(last['kernel_change'][i]):.4g}"
+        text.append(f"{i:>7}  {float(last['loss'][i]):>10.4g}  {float(last['param_change'][i]):>11.4g}  {change:>13}")
+    text.append("the kernel's prediction (GD-ensemble mean ± std at the same time) is in --out as kernel_mean, "
+                "kernel_std" if out is not None else "pass --out to save the outputs and the kernel's prediction")
+    _emit(fmt, "\n".join(text), {k: v for k, v in payload.items() if k not in ("train_outputs", "test_outputs")})
+
+
+# ============================================================================== diagnose
+@app.command(epilog=_example(f"ntkprior diagnose --arch {SMALL} --train train.csv --test test.csv "
+                             "--steps 10000 --learning-rate 0.1 --width 256"))
+@fails_cleanly
+def diagnose(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+             train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
+             test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP + "; default: the training inputs"),
+             steps: int = typer.Option(1000, "--steps", help="gradient-descent steps"),
+             learning_rate: float = typer.Option(0.1, "--learning-rate", help="learning rate η (loss ½·mean)"),
+             width: Optional[int] = typer.Option(None, "--width", help="hidden width to train at (default: ARCH's own)"),
+             ensemble: int = typer.Option(8, "--ensemble", help="networks trained for the diagnosis"),
+             seed: int = typer.Option(0, "--seed", help="seed of the first network"),
+             out: Optional[Path] = typer.Option(None, "--out", help="write the verdict and its figures: .json or .npz"),
+             fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+             ) -> None:
+    """Will networks of ARCH trained like this match the kernel's prediction, and if not, why?"""
+    from .diagnose import diagnose as run_diagnosis
+    from .spec import load_arch
+    _check_format(fmt)
+    architecture = load_arch(arch)
+    x, y = _train_data(train_file)
+    x_test, _ = _test_data(test_file)
+    d = run_diagnosis(architecture, x, y, x if x_test is None else x_test, steps, learning_rate, width=width,
+                      seed=seed, ensemble=ensemble, progress=fmt == "text")
+    payload = {"in_kernel_regime": d.in_kernel_regime, "reasons": d.reasons,
+               "checks": [{"name": c.name, "passed": c.passed, "sentence": c.sentence} for c in d.checks],
+               "notes": d.notes, "learning_rate": d.learning_rate, "steps": d.steps, "width": d.width, "m": d.m,
+               "max_stable_lr_analytic": d.max_stable_lr_analytic,
+               "max_stable_lr_empirical": d.max_stable_lr_empirical,
+               "condition_analytic": d.condition_analytic, "condition_empirical": d.condition_empirical,
+               "mode_convergence_analytic": d.mode_convergence_analytic, "kernel_drift": d.kernel_drift,
+               "train_residual": d.train_residual, "mean_gap": d.mean_gap}
+    if out is not None and out.suffix.lower() == ".npz":
+        payload_npz = {k: v for k, v in payload.items() if k not in ("checks", "reasons", "notes")}
+        payload_npz["verdict"] = str(d)
+        _write(out, payload_npz)
+    else:
+        _write(out, payload)
+    _emit(fmt, str(d), payload)
+
+
+# ============================================================================== report
+@app.command(epilog=_example("ntkprior report",
+                             "ntkprior report --quick --out /tmp/smoke",
+                             f"ntkprior report --arch {SMALL} --train train.csv --test test.csv "
+                             "--candidates cands.csv --out my-report"))
+@fails_cleanly
+def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="directory for index.html, "
+                                    "figures/ and results.json"),
+           seed: int = typer.Option(0, "--seed", help="seed of the data and of the trained networks"),
+           quick: bool = typer.Option(False, "--quick", help="a smoke-sized run (seconds, not minutes)"),
+           arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP + " (your data only)"),
+           train_file: Optional[Path] = typer.Option(None, "--train", help=TRAIN_HELP),
+           test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP),
+           candidates_file: Optional[Path] = typer.Option(None, "--candidates", help=CANDIDATES_HELP),
+           learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="your data: learning "
+                                                         "rate (default half the stable maximum 2m/λ_max)"),
+           steps: Optional[int] = typer.Option(None, "--steps", help="your data: training steps (default 1000; 60 with --quick)"),
+           widths: Optional[str] = typer.Option(None, "--widths", help="your data: hidden widths trained and "
+                                                "swept, comma-separated (default ARCH's own; sweep 64-512)"),
+           progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+           ) -> None:
+    """The whole analysis — eigenmodes, the prior over labels, training vs theory, simplicity — as an HTML report.
+
+    With no data it runs the seed document's analysis on built-in data (about 1-2 minutes on 2 cores);
+    with --arch and --train it runs the same sections on your data. See docs/report.md.
+    """
+    from .report import build_report
+    user = {}
+    if arch is not None or train_file is not None:
+        if arch is None or train_file is None:
+            raise ValueError("--arch, --train: a report on your data needs both")
+        x, y = _train_data(train_file)
+        x_test, y_test = _test_data(test_file)
+        user = dict(arch=arch, x_train=x, y_train=y, x_test=x_test,
+                    candidates=_candidates(candidates_file, x_test, y_test), learning_rate=learning_rate,
+                    steps=steps, widths=None if widths is None else _numbers(widths, "--widths", int))
+    elif any(v is not None for v in (test_file, candidates_file, learning_rate, steps, widths)):
+        raise ValueError("--test, --candidates, --learning-rate, --steps, --widths: apply to a report on your "
+                         "data; pass --arch and --train too")
+    result = build_report(out, seed=seed, quick=quick, progress=progress, **user)
+    typer.echo(f"report written to {result.index} ({len(result.figures)} figures, results in "
+               f"{result.results_path.name}) in {result.runtime_s:.0f} s")
 
 
 def main() -> None:  # pragma: no cover - console entry point

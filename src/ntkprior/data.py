@@ -159,3 +159,123 @@ def _load_csv(p: Path, name: str) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"{name}: {str(p)!r} holds no numbers")
     return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled tables and candidate labelings (appended for the command line and the report).
+_LABEL_COLUMN = re.compile(r"y(_?\d+)?")
+
+
+def _csv_header(p: Path) -> list[str] | None:
+    """The column names of a CSV file, or None when its first row is numeric (no header)."""
+    with open(p) as f:
+        first = f.readline().strip()
+    cells = [c.strip().strip('"').strip("'") for c in first.split(",")]
+    try:
+        [float(c) for c in cells if c]
+        return None
+    except ValueError:
+        return cells
+
+
+def load_labelled(path, name: str = "--train", *, labels: str = "required"
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read inputs x (n, d) and labels y (n, k) from one file.
+
+    - ``.csv``: with a header row, the label column is named ``y`` (several outputs: ``y1``, ``y2``,
+      ... or ``y_1``, ...) and every other column is an input; without a header the last column is
+      the label (when labels are required) or every column is an input (when they are optional).
+    - ``.npz``: arrays ``x`` and ``y``.
+    - ``.npy``: inputs only.
+
+    ``labels``: ``"required"`` (error when there are none) or ``"optional"`` (y may be None).
+    """
+    if labels not in ("required", "optional"):
+        raise ValueError(f"labels: expected 'required' or 'optional', got {labels!r}")
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{name}: file {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        x = load_array(p, name, key="x")
+        with np.load(p, allow_pickle=False) as z:
+            y = z["y"] if "y" in z.files else None
+    elif suffix in (".csv", ".txt"):
+        table = load_array(p, name)
+        header = _csv_header(p)
+        if header is not None and len(header) != table.shape[1]:
+            raise ValueError(f"{name}: the header of {str(p)!r} names {len(header)} columns but the rows "
+                             f"have {table.shape[1]}")
+        if header is not None:
+            is_label = np.array([_LABEL_COLUMN.fullmatch(h.lower()) is not None for h in header])
+        else:
+            is_label = np.zeros(table.shape[1], dtype=bool)
+            if labels == "required":
+                is_label[-1] = True
+        x, y = table[:, ~is_label], (table[:, is_label] if is_label.any() else None)
+    else:
+        x, y = load_array(p, name), None
+    if labels == "required" and y is None:
+        raise ValueError(f"{name}: {str(p)!r} holds no labels; write a .csv whose label column is named "
+                         "'y' (the other columns are inputs), or an .npz with arrays 'x' and 'y'")
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected inputs of shape (n, d) in {str(p)!r}, got {x.shape}")
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64)
+        y = y[:, None] if y.ndim == 1 else y
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"{name}: {str(p)!r} has {x.shape[0]} inputs but {y.shape[0]} labels")
+    return x, y
+
+
+def load_candidates(path, n_test: int, name: str = "--candidates") -> dict[str, np.ndarray]:
+    """Read named candidate labelings of ``n_test`` test inputs: ``{name: labels (n_test,)}``.
+
+    - ``.csv``: one column per candidate, one row per test input (in the order of the test file);
+      a header row names the candidates (without one they are "candidate 1", "candidate 2", ...).
+    - ``.json``: an object ``{"name": [labels...], ...}``.
+    - ``.npz``: one array of n_test labels per candidate, named by its key.
+    - ``.npy``: an array (n_candidates, n_test).
+    """
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{name}: file {str(p)!r} does not exist")
+    suffix = p.suffix.lower()
+    if suffix in (".csv", ".txt"):
+        table = load_array(p, name)
+        header = _csv_header(p) or [f"candidate {i + 1}" for i in range(table.shape[1])]
+        if len(header) != table.shape[1]:
+            raise ValueError(f"{name}: the header of {str(p)!r} names {len(header)} candidates but the "
+                             f"rows have {table.shape[1]} columns")
+        items = {h: table[:, i] for i, h in enumerate(header)}
+    elif suffix == ".json":
+        try:
+            raw = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}: {str(p)!r} is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{name}: {str(p)!r} must hold an object {{\"name\": [labels], ...}}")
+        items = raw
+    elif suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            items = {k: z[k] for k in z.files}
+    else:
+        arr = load_array(p, name)
+        arr = arr[None] if arr.ndim == 1 else arr
+        items = {f"candidate {i + 1}": row for i, row in enumerate(arr)}
+    if not items:
+        raise ValueError(f"{name}: {str(p)!r} holds no candidate labelings")
+    out = {}
+    for key, value in items.items():
+        labels = check_finite(to_tensor(value, f"{name} candidate {key!r}"), f"{name} candidate {key!r}")
+        labels = labels.reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
+        if labels.ndim != 1 or labels.shape[0] != n_test:
+            raise ValueError(f"{name}: candidate {key!r} has shape {tuple(labels.shape)} but there are "
+                             f"{n_test} test inputs; give one label per test input (csv: one row each)")
+        out[str(key)] = labels.numpy()
+    return out
