@@ -130,6 +130,16 @@ def _test_data(path: Optional[Path]):
     return load_labelled(path, "--test", labels="optional")
 
 
+def _load(fmt: str, arch: str, train_file: Path, test_file: Optional[Path]):
+    """Check --format and read --arch, --train and --test: (architecture, x, y, x_test, y_test)."""
+    from .spec import load_arch
+    _check_format(fmt)
+    architecture = load_arch(arch)
+    x, y = _train_data(train_file)
+    x_test, y_test = _test_data(test_file)
+    return architecture, x, y, x_test, y_test
+
+
 def _candidates(path: Optional[Path], x_test, y_test) -> Optional[dict]:
     """Named candidate labelings of the test inputs: the --candidates file, plus the test file's labels."""
     if x_test is None:
@@ -146,6 +156,44 @@ def _candidates(path: Optional[Path], x_test, y_test) -> Optional[dict]:
                              "test input")
         out["labels in the test file"] = y_test[:, 0]
     return out or None
+
+
+# ============================================================================== shared options
+def arch_option(extra: str = ""):
+    return typer.Option(..., "--arch", help=ARCH_HELP + extra)
+
+
+def train_option():
+    return typer.Option(..., "--train", help=TRAIN_HELP)
+
+
+def test_option(extra: str = ""):
+    return typer.Option(None, "--test", help=TEST_HELP + extra)
+
+
+def format_option():
+    return typer.Option("text", "--format", help=FORMAT_HELP)
+
+
+def out_option(what: str):
+    return typer.Option(None, "--out", help=f"write {what}")
+
+
+def learning_rate_option(default: float):
+    return typer.Option(default, "--learning-rate", help="learning rate η of gradient descent on ½·mean "
+                        "squared error")
+
+
+def steps_option(default: int):
+    return typer.Option(default, "--steps", help="gradient-descent steps")
+
+
+def seed_option():
+    return typer.Option(0, "--seed", help="seed of the first network (the others: seed+1, seed+2, ...)")
+
+
+def diag_reg_option():
+    return typer.Option(0.0, "--diag-reg", help="ridge on the training kernel, relative to its mean diagonal")
 
 
 # ============================================================================== kernel
@@ -170,16 +218,17 @@ def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
 
 
 # ============================================================================== eigen
-@app.command(epilog=_example(f"ntkprior eigen --arch {SMALL} --x grid.csv --k 8 --figure eigen.png --out eigen.npz"))
+@app.command(epilog=_example(f"ntkprior eigen --arch {SMALL} --x grid.csv --k 8 --figure eigen.png "
+                             "--out eigen.npz"))
 @fails_cleanly
-def eigen(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+def eigen(arch: str = arch_option(),
           x: Path = typer.Option(..., "--x", help="inputs (n, d): .npy, .npz (array x) or .csv"),
           kernel: str = typer.Option("ntk", "--kernel", help="ntk or nngp"),
           k: int = typer.Option(20, "--k", help="number of eigenpairs (largest first)"),
-          figure: Optional[Path] = typer.Option(None, "--figure",
-                                                help="write the spectrum and eigenfunction figure (.png, .svg, .pdf)"),
-          out: Optional[Path] = typer.Option(None, "--out", help="write values, vectors, sign changes: .npz, .json or .csv"),
-          fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+          figure: Optional[Path] = typer.Option(None, "--figure", help="write the spectrum and eigenfunction "
+                                                "figure (.png, .svg, .pdf)"),
+          out: Optional[Path] = out_option("values, vectors, sign changes: .npz, .json or .csv"),
+          fmt: str = format_option(),
           ) -> None:
     """Eigenvalues and eigenvectors of ARCH's kernel on the inputs, and a figure of them.
 
@@ -194,8 +243,9 @@ def eigen(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
     inputs = read_inputs(x, "--x")
     modes = eigenmodes(architecture, inputs, k=min(k, len(inputs)) if k >= 1 else k, kernel=kernel)
     one_d = inputs.ndim == 2 and inputs.shape[1] == 1
-    order = np.argsort(inputs[:, 0], kind="stable") if one_d else None
-    changes = count_sign_changes(modes.vectors[order]).tolist() if one_d else None
+    changes = None
+    if one_d:      # counted along the sorted inputs
+        changes = count_sign_changes(modes.vectors[np.argsort(inputs[:, 0], kind="stable")]).tolist()
     payload = {"arch": str(architecture), "kernel": kernel, "n": len(inputs), "values": modes.values,
                "vectors": modes.vectors, "sign_changes": changes}
     rows = [[i + 1, f"{float(v):.6g}", "" if changes is None else changes[i]] for i, v in enumerate(modes.values)]
@@ -206,7 +256,8 @@ def eigen(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
         else:
             from sklearn.decomposition import PCA
             coordinate, label = PCA(1).fit_transform(inputs)[:, 0], "principal coordinate of the input"
-        fig = plots.eigenmode_overview({f"{kernel.upper()} of {architecture}"[:60]: {
+        title = f"{kernel.upper()} of {architecture}"
+        fig = plots.eigenmode_overview({title if len(title) <= 60 else title[:57] + "...": {
             "x": coordinate, "values": modes.values, "vectors": modes.vectors, "sign_changes": changes}},
             xlabel=label)
         fig.savefig(figure, dpi=110)
@@ -220,26 +271,22 @@ def eigen(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
 @app.command(epilog=_example(f"ntkprior score --arch {SMALL} --train train.csv --test test.csv "
                              "--candidates cands.csv --out ranking.csv"))
 @fails_cleanly
-def score(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
-          train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
+def score(arch: str = arch_option(),
+          train_file: Path = train_option(),
           test_file: Path = typer.Option(..., "--test", help=TEST_HELP),
           candidates_file: Optional[Path] = typer.Option(None, "--candidates", help=CANDIDATES_HELP),
           kernel: str = typer.Option("ntk", "--kernel", help="ntk (the NTK-GP prior) or nngp (random networks)"),
-          diag_reg: float = typer.Option(0.0, "--diag-reg", help="ridge on the training kernel, relative to its mean diagonal"),
-          out: Optional[Path] = typer.Option(None, "--out", help="write the ranking: .csv, .json or .npz"),
-          fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+          diag_reg: float = diag_reg_option(),
+          out: Optional[Path] = out_option("the ranking: .csv, .json or .npz"),
+          fmt: str = format_option(),
           ) -> None:
     """Rank candidate labelings of the test inputs by log p(y* | training data) under ARCH's kernel prior.
 
     The joint log p(Y, y*) is shown beside it; it is comparable only between candidates of the same
-    test inputs (see docs/report.md).
+    test inputs (see docs/prior.md).
     """
     from .prior import rank_candidates
-    from .spec import load_arch
-    _check_format(fmt)
-    architecture = load_arch(arch)
-    x, y = _train_data(train_file)
-    x_test, y_test = _test_data(test_file)
+    architecture, x, y, x_test, y_test = _load(fmt, arch, train_file, test_file)
     named = _candidates(candidates_file, x_test, y_test)
     if named is None:
         raise ValueError("--candidates: nothing to rank; pass --candidates, or a --test file with a y column")
@@ -259,25 +306,21 @@ def score(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
 @app.command(epilog=_example(f"ntkprior predict --arch {SMALL} --train train.csv --test test.csv "
                              "--kind gd-ensemble --t 100,1000,inf --learning-rate 0.05 --out pred.npz"))
 @fails_cleanly
-def predict(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
-            train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
-            test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP + "; default: the training inputs"),
+def predict(arch: str = arch_option(),
+            train_file: Path = train_option(),
+            test_file: Optional[Path] = test_option("; default: the training inputs"),
             kind: str = typer.Option("nngp", "--kind", help="nngp, ntkgp, ntk, gd-ensemble or readout "
-                                     "(MATH.md section 4)"),
+                                     "(docs/prior.md)"),
             t: Optional[str] = typer.Option(None, "--t", help="training time(s) in steps, comma-separated; "
                                             "inf: converged (for ntk, gd-ensemble, readout)"),
-            learning_rate: float = typer.Option(1.0, "--learning-rate", help="learning rate η of the training time"),
-            diag_reg: float = typer.Option(0.0, "--diag-reg", help="ridge on the training kernel, relative to its mean diagonal"),
-            out: Optional[Path] = typer.Option(None, "--out", help="write mean and std: .npz, .json, or .csv (one time)"),
-            fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+            learning_rate: float = learning_rate_option(1.0),
+            diag_reg: float = diag_reg_option(),
+            out: Optional[Path] = out_option("mean and std: .npz, .json, or .csv (one time)"),
+            fmt: str = format_option(),
             ) -> None:
     """Posterior or training-dynamics prediction of ARCH's kernel models at the test inputs."""
     from .prior import predict as kernel_predict
-    from .spec import load_arch
-    _check_format(fmt)
-    architecture = load_arch(arch)
-    x, y = _train_data(train_file)
-    x_test, _ = _test_data(test_file)
+    architecture, x, y, x_test, _ = _load(fmt, arch, train_file, test_file)
     times = None if t is None else _numbers(t, "--t")
     post = kernel_predict(architecture, x, y, x_test, kind=kind, learning_rate=learning_rate, diag_reg=diag_reg,
                           t=None if times is None else (times if len(times) > 1 else times[0]), cov="diagonal")
@@ -285,20 +328,20 @@ def predict(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
     std = None if post.std is None else post.std.numpy()
     payload = {"arch": str(architecture), "kind": kind, "t": times, "learning_rate": learning_rate,
                "mean": mean, "std": std, "on_train": post.on_train}
+    several = times is not None and len(times) > 1
     csv_rows = None
-    if times is None or len(times) == 1:
+    if not several:
         cols = mean.reshape(mean.shape[0], -1)
         header = [f"mean_{j}" for j in range(cols.shape[1])] + ([] if std is None else ["std"])
         csv_rows = (header, [list(cols[i]) + ([] if std is None else [std[i]]) for i in range(cols.shape[0])])
     elif out is not None and out.suffix.lower() == ".csv":
         raise ValueError("--out: a .csv holds one training time; use .npz or .json for several --t")
     _write(out, payload, csv_rows)
-    where = "training inputs" if post.on_train else f"{len(mean)} test inputs"
+    where = "training inputs" if post.on_train else f"{mean.shape[-2] if several else len(mean)} test inputs"
     lines = [f"{kind} prediction of {architecture} at the {where}"
              + ("" if times is None else f", t = {', '.join(f'{v:g}' for v in times)} steps")]
-    flat = mean.reshape((len(times) if times and len(times) > 1 else 1), -1)
-    for j, row in enumerate(flat):
-        label = f"t = {times[j]:g}: " if times and len(times) > 1 else ""
+    for j, row in enumerate(mean.reshape(len(times) if several else 1, -1)):
+        label = f"t = {times[j]:g}: " if several else ""
         lines.append(label + "mean " + " ".join(f"{v:.4g}" for v in row[:12]) + (" ..." if len(row) > 12 else ""))
     if std is not None:
         lines.append("std  " + " ".join(f"{v:.4g}" for v in np.asarray(std).reshape(-1)[:12]))
@@ -311,17 +354,17 @@ def predict(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
     "--ensemble 8 --out trained.npz",
     f"ntkprior train --arch {SMALL} --train train.csv --test test.csv --widths 64,256,1024 --format json"))
 @fails_cleanly
-def train_command(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
-                  train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
-                  test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP),
-                  steps: int = typer.Option(1000, "--steps", help="gradient-descent steps"),
-                  learning_rate: float = typer.Option(0.1, "--learning-rate", help="learning rate η (loss ½·mean)"),
-                  ensemble: int = typer.Option(4, "--ensemble", help="networks trained together (seeds seed, seed+1, ...)"),
-                  seed: int = typer.Option(0, "--seed", help="seed of the first network"),
+def train_command(arch: str = arch_option(),
+                  train_file: Path = train_option(),
+                  test_file: Optional[Path] = test_option(),
+                  steps: int = steps_option(1000),
+                  learning_rate: float = learning_rate_option(0.1),
+                  ensemble: int = typer.Option(4, "--ensemble", help="networks trained together (per width)"),
+                  seed: int = seed_option(),
                   widths: Optional[str] = typer.Option(None, "--widths", help="hidden widths, comma-separated: "
                                                        "one retrains at that width; several run a width sweep"),
-                  out: Optional[Path] = typer.Option(None, "--out", help="write the results: .npz or .json"),
-                  fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+                  out: Optional[Path] = out_option("the results: .npz or .json"),
+                  fmt: str = format_option(),
                   ) -> None:
     """Train finite networks of ARCH by gradient descent beside the kernel's prediction, or sweep the width.
 
@@ -329,20 +372,16 @@ def train_command(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
     GD-ensemble mean ± std at the same time. Several widths: a width sweep with fitted exponents.
     """
     from .prior import predict as kernel_predict
-    from .spec import load_arch
+    from .report import sweep_summary
     from .training import train, width_sweep
-    _check_format(fmt)
-    architecture = load_arch(arch)
-    x, y = _train_data(train_file)
-    x_test, _ = _test_data(test_file)
+    architecture, x, y, x_test, _ = _load(fmt, arch, train_file, test_file)
     chosen = None if widths is None else _numbers(widths, "--widths", int)
     if chosen is not None and len(chosen) > 1:
         if x_test is None:
             raise ValueError("--test: a width sweep compares test outputs; pass --test")
         sweep = width_sweep(architecture, x, y, x_test, chosen, tuple(range(seed, seed + ensemble)), steps,
                             learning_rate, progress=fmt == "text")
-        payload = {"arch": str(architecture), "widths": chosen, "steps": steps, "learning_rate": learning_rate,
-                   "seeds": list(sweep.seeds), "rows": [vars(r) for r in sweep.rows], "exponents": sweep.exponents}
+        payload = {"arch": str(architecture), **sweep_summary(sweep)}
         _write(out, payload)
         _emit(fmt, str(sweep), payload)
         return
@@ -350,60 +389,55 @@ def train_command(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
     result = train(net, x, y, x_test, steps, learning_rate, seed, ensemble=ensemble, progress=fmt == "text")
     kernel_pred = kernel_predict(net, x, y, x_test, kind="gd-ensemble", t=steps, learning_rate=learning_rate,
                                  cov="diagonal")
-    payload = {"arch": str(net), "steps": result.steps, "learning_rate": learning_rate, "seeds": list(result.seeds),
-               "loss": result.loss, "param_change": result.param_change, "kernel_change": result.kernel_change,
-               "train_outputs": result.train_outputs, "test_outputs": result.test_outputs,
-               "kernel_mean": kernel_pred.mean, "kernel_std": kernel_pred.std,
-               "diverged_at": result.diverged_at}
+    payload = {"arch": str(net), "steps": result.steps, "learning_rate": learning_rate,
+               "seeds": list(result.seeds), "loss": result.loss, "param_change": result.param_change,
+               "kernel_change": result.kernel_change, "train_outputs": result.train_outputs,
+               "test_outputs": result.test_outputs, "kernel_mean": kernel_pred.mean,
+               "kernel_std": kernel_pred.std, "diverged_at": result.diverged_at}
     _write(out, payload)
-    last = {"loss": result.loss[:, -1], "param_change": result.param_change[:, -1],
-            "kernel_change": None if result.kernel_change is None else result.kernel_change[:, -1]}
-    text = [f"trained {result.ensemble} network(s) of {net} for {steps} steps at learning rate {learning_rate:g}",
-            "network  final loss  ‖θ−θ0‖/‖θ0‖  kernel change"]
+    _emit(fmt, _train_table(result, net, steps, learning_rate, saved=out is not None),
+          {k: v for k, v in payload.items() if k not in ("train_outputs", "test_outputs")})
+
+
+def _train_table(result, net, steps: int, learning_rate: float, saved: bool) -> str:
+    """The final loss, parameter and kernel change of each trained network, as printed text."""
+    lines = [f"trained {result.ensemble} network(s) of {net} for {steps} steps at learning rate {learning_rate:g}",
+             "network  final loss  ‖θ−θ0‖/‖θ0‖  kernel change"]
     for i in range(result.ensemble):
-        change = "–" if last["kernel_change"] is None else f"{float(last['kernel_change'][i]):.4g}"
-        text.append(f"{i:>7}  {float(last['loss'][i]):>10.4g}  {float(last['param_change'][i]):>11.4g}  {change:>13}")
-    text.append("the kernel's prediction (GD-ensemble mean ± std at the same time) is in --out as kernel_mean, "
-                "kernel_std" if out is not None else "pass --out to save the outputs and the kernel's prediction")
-    _emit(fmt, "\n".join(text), {k: v for k, v in payload.items() if k not in ("train_outputs", "test_outputs")})
+        change = "–" if result.kernel_change is None else f"{float(result.kernel_change[i, -1]):.4g}"
+        lines.append(f"{i:>7}  {float(result.loss[i, -1]):>10.4g}  {float(result.param_change[i, -1]):>11.4g}"
+                     f"  {change:>13}")
+    lines.append("the kernel's prediction (GD-ensemble mean ± std at the same time) is saved as kernel_mean, "
+                 "kernel_std" if saved else "pass --out to save the outputs and the kernel's prediction")
+    return "\n".join(lines)
 
 
 # ============================================================================== diagnose
 @app.command(epilog=_example(f"ntkprior diagnose --arch {SMALL} --train train.csv --test test.csv "
                              "--steps 10000 --learning-rate 0.1 --width 256"))
 @fails_cleanly
-def diagnose(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
-             train_file: Path = typer.Option(..., "--train", help=TRAIN_HELP),
-             test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP + "; default: the training inputs"),
-             steps: int = typer.Option(1000, "--steps", help="gradient-descent steps"),
-             learning_rate: float = typer.Option(0.1, "--learning-rate", help="learning rate η (loss ½·mean)"),
-             width: Optional[int] = typer.Option(None, "--width", help="hidden width to train at (default: ARCH's own)"),
+def diagnose(arch: str = arch_option(),
+             train_file: Path = train_option(),
+             test_file: Optional[Path] = test_option("; default: the training inputs"),
+             steps: int = steps_option(1000),
+             learning_rate: float = learning_rate_option(0.1),
+             width: Optional[int] = typer.Option(None, "--width", help="hidden width to train at (default: "
+                                                 "ARCH's own)"),
              ensemble: int = typer.Option(8, "--ensemble", help="networks trained for the diagnosis"),
-             seed: int = typer.Option(0, "--seed", help="seed of the first network"),
-             out: Optional[Path] = typer.Option(None, "--out", help="write the verdict and its figures: .json or .npz"),
-             fmt: str = typer.Option("text", "--format", help=FORMAT_HELP),
+             seed: int = seed_option(),
+             out: Optional[Path] = out_option("the verdict and its figures: .json or .npz"),
+             fmt: str = format_option(),
              ) -> None:
     """Will networks of ARCH trained like this match the kernel's prediction, and if not, why?"""
     from .diagnose import diagnose as run_diagnosis
-    from .spec import load_arch
-    _check_format(fmt)
-    architecture = load_arch(arch)
-    x, y = _train_data(train_file)
-    x_test, _ = _test_data(test_file)
+    from .report import diagnosis_summary
+    architecture, x, y, x_test, _ = _load(fmt, arch, train_file, test_file)
     d = run_diagnosis(architecture, x, y, x if x_test is None else x_test, steps, learning_rate, width=width,
                       seed=seed, ensemble=ensemble, progress=fmt == "text")
-    payload = {"in_kernel_regime": d.in_kernel_regime, "reasons": d.reasons,
-               "checks": [{"name": c.name, "passed": c.passed, "sentence": c.sentence} for c in d.checks],
-               "notes": d.notes, "learning_rate": d.learning_rate, "steps": d.steps, "width": d.width, "m": d.m,
-               "max_stable_lr_analytic": d.max_stable_lr_analytic,
-               "max_stable_lr_empirical": d.max_stable_lr_empirical,
-               "condition_analytic": d.condition_analytic, "condition_empirical": d.condition_empirical,
-               "mode_convergence_analytic": d.mode_convergence_analytic, "kernel_drift": d.kernel_drift,
-               "train_residual": d.train_residual, "mean_gap": d.mean_gap}
+    payload = {"learning_rate": d.learning_rate, "steps": d.steps, "width": d.width, **diagnosis_summary(d)}
     if out is not None and out.suffix.lower() == ".npz":
-        payload_npz = {k: v for k, v in payload.items() if k not in ("checks", "reasons", "notes")}
-        payload_npz["verdict"] = str(d)
-        _write(out, payload_npz)
+        _write(out, {**{k: v for k, v in payload.items() if k not in ("checks", "reasons", "notes")},
+                     "verdict": str(d)})   # .npz holds arrays: the sentences go in as the printed verdict
     else:
         _write(out, payload)
     _emit(fmt, str(d), payload)
@@ -421,18 +455,19 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
            quick: bool = typer.Option(False, "--quick", help="a smoke-sized run (seconds, not minutes)"),
            arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP + " (your data only)"),
            train_file: Optional[Path] = typer.Option(None, "--train", help=TRAIN_HELP),
-           test_file: Optional[Path] = typer.Option(None, "--test", help=TEST_HELP),
+           test_file: Optional[Path] = test_option(),
            candidates_file: Optional[Path] = typer.Option(None, "--candidates", help=CANDIDATES_HELP),
            learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="your data: learning "
                                                          "rate (default half the stable maximum 2m/λ_max)"),
-           steps: Optional[int] = typer.Option(None, "--steps", help="your data: training steps (default 1000; 60 with --quick)"),
+           steps: Optional[int] = typer.Option(None, "--steps", help="your data: training steps (default 1000; "
+                                               "60 with --quick)"),
            widths: Optional[str] = typer.Option(None, "--widths", help="your data: hidden widths trained and "
-                                                "swept, comma-separated (default ARCH's own; sweep 64-512)"),
+                                                "swept, comma-separated (default ARCH's own; sweep 32-512)"),
            progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
            ) -> None:
-    """The whole analysis — eigenmodes, the prior over labels, training vs theory, simplicity — as an HTML report.
+    """The whole analysis (eigenmodes, the prior over labels, training vs theory, simplicity) as an HTML report.
 
-    With no data it runs the seed document's analysis on built-in data (about 1-2 minutes on 2 cores);
+    With no data it runs the seed document's analysis on built-in data (about a minute on 2 cores);
     with --arch and --train it runs the same sections on your data. See docs/report.md.
     """
     from .report import build_report

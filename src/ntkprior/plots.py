@@ -199,6 +199,7 @@ def eigenmode_overview(panels: Mapping[str, Mapping], *, max_modes: int = 8,
         _draw_waterfall(axes[1, j], x, vectors, values, changes, max_modes, xlabel)
         if j:
             axes[0, j].set_ylabel("")
+            axes[1, j].set_ylabel("")
     return _finish(fig, title)
 
 
@@ -343,9 +344,13 @@ def trained_vs_kernel(x, kernel_mean, kernel_std, trained: Mapping[str, object],
     if not trained:
         raise ValueError("trained: nothing to plot; pass {title: outputs (ensemble, n)}")
     order = np.argsort(x, kind="stable")
-    fig, axes = _figure(1, len(trained), width=4.2 * len(trained), height=3.8, sharey=True)
+    ncols = 2 if len(trained) == 4 else min(len(trained), 3)
+    nrows = -(-len(trained) // ncols)
+    fig, axes = _figure(nrows, ncols, width=4.2 * ncols, height=3.4 * nrows + 0.6, sharey=True)
+    for ax in axes.flat[len(trained):]:
+        ax.set_visible(False)
     for j, (name, outputs) in enumerate(trained.items()):
-        ax = axes[0, j]
+        ax = axes.flat[j]
         mean = kernel_mean[name] if isinstance(kernel_mean, Mapping) else kernel_mean
         std = kernel_std[name] if isinstance(kernel_std, Mapping) else kernel_std
         mean = _array(mean, "kernel_mean", 1)
@@ -364,7 +369,7 @@ def trained_vs_kernel(x, kernel_mean, kernel_std, trained: Mapping[str, object],
         _draw_training_points(ax, xt, yt)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
-        if j == 0:
+        if j % ncols == 0:
             ax.set_ylabel(ylabel)
     _legend_below(fig, axes[0, 0])
     return _finish(fig, title)

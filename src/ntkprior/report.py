@@ -43,7 +43,8 @@ from .spec import load_arch, parse_spec
 from .spectrum import count_sign_changes, eigenmodes
 from .training import SWEEP_METRICS, train, width_sweep
 
-__all__ = ["build_report", "ReportOutput", "Sizes", "FULL", "QUICK", "DEFAULT_ARCHS", "jsonable"]
+__all__ = ["build_report", "ReportOutput", "Sizes", "FULL", "QUICK", "DEFAULT_ARCHS", "jsonable",
+           "diagnosis_summary", "sweep_summary"]
 
 # ====================================================================== what the report runs
 _W = "weight_std=1.5, bias_std=0.05"
@@ -73,7 +74,7 @@ class Sizes:
 
     eigen_points: int          #: grid points for the eigenmodes (section 1)
     plot_points: int           #: grid points for posteriors and trained networks
-    seed_run: tuple            #: (steps, ((width, networks), ...)) at the seed's settings (it trained 10 000 steps)
+    seed_run: tuple            #: (steps, ((width, networks), ...)) at the seed's settings (it ran 10 000 steps)
     well_run: tuple            #: the same for "well" at learning rate 0.05 (eta lambda_min t / m >= 3 needs 1170)
     fast_run: tuple            #: the same for "well" at the seed's learning rate 0.1 (above 2m / lambda_max)
     curve_width: int           #: the single network whose per-mode residuals are tracked
@@ -191,6 +192,7 @@ class _Section:
     title: str
     intro: str
     blocks: list = field(default_factory=list)
+    findings: list = field(default_factory=list)     #: one line per result, listed at the top of the page
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -204,12 +206,11 @@ class _Report:
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         self.dpi = dpi
         self.sections: list[_Section] = []
-        self.findings: list[str] = []          #: one line per result, listed at the top of the page
         self.results: dict = {}
         self.figures: list[Path] = []
         from tqdm.auto import tqdm
         self.bar = tqdm(total=tasks, desc="ntkprior report", unit="task", disable=not progress,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
     @contextlib.contextmanager
     def section(self, key: str, title: str, intro: str):
@@ -234,6 +235,10 @@ class _Report:
             if text not in sec.warnings:
                 sec.warnings.append(text)
         self.bar.update(1)
+
+    def finding(self, text: str) -> None:
+        """A one-line result of the current section, for the list at the top of the page."""
+        self.sections[-1].findings.append(text)
 
     def figure(self, fig, name: str, caption: str, alt: str) -> str:
         """Save a figure as figures/<name>.png and return its HTML."""
@@ -269,8 +274,9 @@ def _eigen_section(rep: _Report, panels: dict, x: torch.Tensor, coordinate: np.n
                             "sign_changes": changes, "floor": floor}
         rep.results["eigenmodes"] = res
         for title, r in res["kernels"].items():
-            rep.findings.append(f"{title}: the eigenvectors v1…v{len(r['sign_changes'])} change sign "
-                                f"{', '.join(str(int(c)) for c in r['sign_changes'])} times along {coordinate_label}.")
+            changes = ", ".join(str(int(c)) for c in r["sign_changes"])
+            rep.finding(f"{title}: the eigenvectors v1…v{len(r['sign_changes'])} change sign {changes} times "
+                        f"along {coordinate_label}.")
         with rep.task("eigenmode figure"):
             fig = plots.eigenmode_overview(drawn, max_modes=max_modes, xlabel=coordinate_label)
             sec.blocks.append(rep.figure(
@@ -292,8 +298,7 @@ def _eigen_section(rep: _Report, panels: dict, x: torch.Tensor, coordinate: np.n
                                  f"each eigenvector along {coordinate_label}.", "numbers"))
         sec.blocks.append(_p(" ".join(
             f"{t}: {r['above_roundoff']} of {res['n']} eigenvalues lie above the round-off level "
-            f"{_fmt(r['roundoff_level'], 2)}; sign changes of v1…v{len(r['sign_changes'])}: "
-            f"{', '.join(str(int(c)) for c in r['sign_changes'])}." for t, r in res["kernels"].items())))
+            f"{_fmt(r['roundoff_level'], 2)}." for t, r in res["kernels"].items())))
 
 
 # ====================================================================== section 2: the prior
@@ -378,12 +383,12 @@ def _prior_section(rep: _Report, arch, data: "_Data", sizes: Sizes, t: int, lear
         if "candidates" in res:
             rows = res["candidates"]["rows"]
             lead = f", ahead of the next by {_fmt(-rows[1]['delta'])} nats" if len(rows) > 1 else ""
-            rep.findings.append(f"Most probable candidate labeling under the NTK prior: “{rows[0]['name']}” "
-                                f"(log p(y* | Y) = {_fmt(rows[0]['conditional_log_prob'])}{lead}).")
-        for s in sweeps:
-            rep.findings.append(f"At x* = {_fmt(s['x'], 3) if not isinstance(s['x'], list) else 'a test input'} the most "
-                                f"probable label is the kernel's prediction μ* = {_fmt(s['mean'], 3)} (σ* = "
-                                f"{_fmt(s['std'], 3)}); the joint density's ceiling there is {_fmt(s['peak_joint'])}.")
+            rep.finding(f"Most probable candidate labeling under the NTK prior: “{rows[0]['name']}” "
+                        f"(log p(y* | Y) = {_fmt(rows[0]['conditional_log_prob'])}{lead}).")
+        for j, s in enumerate(sweeps):
+            rep.finding(f"At {_where(s, j)} the most probable label is the kernel's prediction μ* = "
+                        f"{_fmt(s['mean'], 3)} (σ* = {_fmt(s['std'], 3)}); the joint density's ceiling there is "
+                        f"{_fmt(s['peak_joint'])}.")
         _prior_page(rep, sec, res, data, drawn, truth)
 
 
@@ -401,11 +406,13 @@ def _prior_page(rep: _Report, sec: _Section, res: dict, data: "_Data", drawn: di
             "(black)" + (", with candidate test labelings (diamonds)" if candidates else "") + ". The NNGP "
             "posterior is that of Bayesian inference with randomly initialised networks as the prior; the "
             "GD ensemble is the distribution of infinitely wide networks trained by gradient descent "
-            f"for {res['training_time']['steps']} steps at learning rate {res['training_time']['learning_rate']:g}.",
+            f"for {res['training_time']['steps']} steps at learning rate "
+            f"{res['training_time']['learning_rate']:g}.",
             "posterior mean and two-standard-deviation bands of three kernel models"))
     lp = res["label_prior"]
     sec.blocks.append(_table(
-        ["prior", "log p(Y)", "squared RKHS norm Yᵀ H⁻¹ Y", "share of Yᵀ H⁻¹ Y in the smallest-eigenvalue mode"],
+        ["prior", "log p(Y)", "squared RKHS norm Yᵀ H⁻¹ Y",
+         "share of Yᵀ H⁻¹ Y in the smallest-eigenvalue mode"],
         [[k.upper(), _fmt(v["log_prob"]), _fmt(v["rkhs_norm"]), f"{100 * v['smallest_mode_share']:.1f} %"]
          for k, v in lp.items()],
         "How probable the training labels are under each prior. The squared RKHS norm is the smallest "
@@ -427,9 +434,14 @@ def _prior_page(rep: _Report, sec: _Section, res: dict, data: "_Data", drawn: di
         _sweep_page(rep, sec, res["label_sweeps"], data)
 
 
+def _where(sweep: dict, j: int) -> str:
+    """How the page names the test input of a label sweep: its value (1-D) or its number."""
+    return f"x* = {_fmt(sweep['x'], 3)}" if not isinstance(sweep["x"], list) else f"test input {j + 1}"
+
+
 def _sweep_page(rep: _Report, sec: _Section, sweeps: list, data: "_Data") -> None:
     def where(s):
-        return f"x* = {_fmt(s['x'], 3)}" if not isinstance(s["x"], list) else f"test input {sweeps.index(s) + 1}"
+        return _where(s, sweeps.index(s))
 
     with rep.task("candidate log-probability figure"):
         fig = plots.candidate_log_probs(
@@ -438,8 +450,8 @@ def _sweep_page(rep: _Report, sec: _Section, sweeps: list, data: "_Data") -> Non
                         for s in sweeps},
             peaks={where(s): (s["mean"], s["peak_conditional"]) for s in sweeps})
         sec.blocks.append(rep.figure(
-            fig, "candidate_log_probs", "log p(y* | Y) under the NTK prior as a function of the candidate label y*, "
-            "one curve per test input. Each curve peaks at the kernel's prediction μ* (triangle), and its "
+            fig, "candidate_log_probs", "log p(y* | Y) under the NTK prior as a function of the candidate label "
+            "y*, one curve per test input. Each curve peaks at the kernel's prediction μ* (triangle), and its "
             "height −½ log 2πσ*² depends on the test input; diamonds mark the labels "
             f"{', '.join(_fmt(v, 3) for v in data.marked_labels)}.",
             "conditional log-probability of candidate labels at each test input"))
@@ -457,14 +469,15 @@ def _sweep_page(rep: _Report, sec: _Section, sweeps: list, data: "_Data") -> Non
                              "differs from input to input.", "numbers"))
     first, spread = sweeps[0], max(s["peak_joint"] for s in sweeps) - min(s["peak_joint"] for s in sweeps)
     sec.blocks.append(_p(
-        f"Why “y* = 3 looks most probable”: at {where(first)} raising y* towards μ* = {_fmt(first['mean'], 3)} "
-        "raises its probability and going past μ* lowers it, so the most probable label is exactly the "
-        "kernel-regression prediction; a candidate looks best when it is closest to μ*, in units of σ*. "
-        "Why joint densities at different inputs cannot be compared: log p(Y, y*) = log p(Y) + log N(y*; μ*, σ*²) "
-        f"has its ceiling log p(Y) − ½ log 2πσ*², and here the ceilings differ by {_fmt(spread, 3)} nats between "
-        "test inputs only because σ* differs. A higher joint density at one input is not a more plausible "
-        "generalisation than a lower one elsewhere; compare the standardised residuals z = (y* − μ*)/σ* "
-        "instead (MATH.md section 3)." + _joint_vs_z(sweeps, where), "explain"))
+        f"Why “y* = 3 looks most probable”: at {where(first)} raising y* towards μ* = "
+        f"{_fmt(first['mean'], 3)} raises its probability and going past μ* lowers it, so the most probable "
+        "label is exactly the kernel-regression prediction; a candidate looks best when it is closest to μ*, "
+        "in units of σ*. Why joint densities at different inputs cannot be compared: log p(Y, y*) = "
+        "log p(Y) + log N(y*; μ*, σ*²) has its ceiling log p(Y) − ½ log 2πσ*², and here the ceilings differ "
+        f"by {_fmt(spread, 3)} nats between test inputs only because σ* differs. A higher joint density at "
+        "one input is not a more plausible generalisation than a lower one elsewhere; compare the "
+        "standardised residuals z = (y* − μ*)/σ* instead (docs/prior.md)." + _joint_vs_z(sweeps, where),
+        "explain"))
 
 
 def _joint_vs_z(sweeps: list, where) -> str:
@@ -499,7 +512,9 @@ class _Setting:
         return [w for w, _ in self.runs]
 
 
-def _diagnosis_summary(d) -> dict:
+def diagnosis_summary(d) -> dict:
+    """The verdict, checks and figures of a :class:`~ntkprior.diagnose.Diagnosis` as a JSON-ready dict
+    (without its training record)."""
     return {"in_kernel_regime": d.in_kernel_regime, "reasons": d.reasons,
             "checks": [{"name": c.name, "passed": c.passed, "sentence": c.sentence} for c in d.checks],
             "notes": d.notes, "m": d.m, "max_stable_lr_analytic": d.max_stable_lr_analytic,
@@ -508,8 +523,15 @@ def _diagnosis_summary(d) -> dict:
             "param_change": d.param_change, "train_residual": d.train_residual, "mean_gap": d.mean_gap,
             "mode_convergence_analytic": d.mode_convergence_analytic,
             "eigenvalues_analytic": d.eigenvalues_analytic,
-            "ensemble_mean": np.asarray(d.ensemble_mean).reshape(-1), "lee_mean": np.asarray(d.lee_mean).reshape(-1),
-            "lee_std": d.lee_std}
+            "ensemble_mean": np.asarray(d.ensemble_mean).reshape(-1),
+            "lee_mean": np.asarray(d.lee_mean).reshape(-1), "lee_std": d.lee_std}
+
+
+def sweep_summary(sweep) -> dict:
+    """A :class:`~ntkprior.training.WidthSweep` as a JSON-ready dict: widths, seeds, rows, exponents."""
+    return {"widths": [r.width for r in sweep.rows], "seeds": list(sweep.seeds), "steps": sweep.steps,
+            "learning_rate": sweep.learning_rate, "rows": [vars(r) for r in sweep.rows],
+            "exponents": sweep.exponents}
 
 
 def _mode_curves(arch, data: "_Data", sizes: Sizes, learning_rate: float, steps: int, seed: int) -> dict:
@@ -542,7 +564,7 @@ def _training_section(rep: _Report, data: "_Data", sizes: Sizes, settings: list,
                                  width=width, seed=seed, ensemble=networks)
                 entry = {"label": s.label, "arch": str(s.arch.with_width(width)), "width": width,
                          "learning_rate": s.learning_rate, "steps": s.steps, "ensemble": networks,
-                         **_diagnosis_summary(d)}
+                         **diagnosis_summary(d)}
                 res["settings"].append(entry)
                 title = f"{s.label}, η = {s.learning_rate:g}, width {width}"
                 panels[title] = d.training.test_outputs[:, -1, :, 0]
@@ -555,18 +577,20 @@ def _training_section(rep: _Report, data: "_Data", sizes: Sizes, settings: list,
             sweep = width_sweep(sweep_setting.arch, data.x_train, data.y_train, data.x_plot, sweep_setting.widths,
                                 seeds, sweep_setting.steps, sweep_setting.learning_rate)
         res["width_sweep"] = {"label": sweep_setting.label, "arch": str(sweep_setting.arch),
-                              "widths": [r.width for r in sweep.rows], "seeds": list(sweep.seeds),
-                              "steps": sweep.steps, "learning_rate": sweep.learning_rate,
-                              "rows": [vars(r) for r in sweep.rows], "exponents": sweep.exponents}
+                              **sweep_summary(sweep)}
         rep.results["training"] = res
         for s in res["settings"]:
             failed = [c["name"] for c in s["checks"] if not c["passed"]]
-            rep.findings.append(f"{s['label']}, width {s['width']}, learning rate {s['learning_rate']:g}, {s['steps']} "
-                                "steps: " + ("in the kernel regime." if s["in_kernel_regime"] else
-                                             f"NOT in the kernel regime ({', '.join(failed)})."))
-        rep.findings.append("Width sweep exponents: " + ", ".join(
+            verdict = "in the kernel regime." if s["in_kernel_regime"] else \
+                f"NOT in the kernel regime ({', '.join(failed)})."
+            rep.finding(f"{_setting_title(s)}: {verdict}")
+        rep.finding("Width sweep exponents: " + ", ".join(
             f"{k} ∝ width^{_fmt(v, 2)}" for k, v in res["width_sweep"]["exponents"].items()) + ".")
         _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std)
+
+
+def _setting_title(s: dict) -> str:
+    return f"{s['label']}, width {s['width']}, learning rate {s['learning_rate']:g}, {s['steps']} steps"
 
 
 def _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None:
@@ -581,9 +605,8 @@ def _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None
             "number of steps (the Lee et al. GD-ensemble mean ± 2 std). The diagnoses below give the numbers.",
             "trained networks compared with the kernel prediction"))
         for s in res["settings"]:
-            title = (f"{s['label']}, width {s['width']}, learning rate {s['learning_rate']:g}, {s['steps']} steps, "
-                     f"{s['ensemble']} networks")
-            sec.blocks.append(_verdict(title, s["in_kernel_regime"], s["checks"], s["notes"]))
+            sec.blocks.append(_verdict(f"{_setting_title(s)}, {s['ensemble']} networks", s["in_kernel_regime"],
+                                       s["checks"], s["notes"]))
         mc = res["mode_curves"]
         fig = plots.mode_learning_curves(mc["times"], mc["theory"], mc["eigenvalues"],
                                          measured_times=mc["measured_steps"], measured=mc["measured"])
@@ -620,7 +643,8 @@ def _cube_section(rep: _Report, arch, sizes: Sizes, seed: int, intro: str) -> No
         cube = datasets.boolean_cube(d)
         rng = np.random.default_rng(seed)
         targets = {"constant 1": (datasets.walsh(cube, []), 0), "x₁": (datasets.walsh(cube, [0]), 1),
-                   "x₁·x₂": (datasets.walsh(cube, [0, 1]), 2), "x₁·x₂·x₃": (datasets.walsh(cube, [0, 1, 2]), 3),
+                   "x₁·x₂": (datasets.walsh(cube, [0, 1]), 2),
+                   "x₁·x₂·x₃": (datasets.walsh(cube, [0, 1, 2]), 3),
                    f"majority of {d} bits": (datasets.majority(cube), None),
                    f"parity of {d} bits": (datasets.walsh(cube, range(d)), d),
                    "random ±1 labels": (torch.from_numpy(rng.choice([-1.0, 1.0], size=cube.shape[0])), None)}
@@ -648,36 +672,38 @@ def _cube_section(rep: _Report, arch, sizes: Sizes, seed: int, intro: str) -> No
         rep.results["simplicity"] = res
         by_name = {r["name"]: r for r in rows}
         parity, x1 = by_name[f"parity of {d} bits"], by_name["x₁"]
-        rep.findings.append(f"Parity of {d} bits has the smallest eigenvalue ({_fmt(by_degree[d]['eigenvalue'])} against "
-                            f"{_fmt(by_degree[1]['eigenvalue'])} for x₁) and a squared RKHS norm of "
-                            f"{_fmt(parity['rkhs_norm'])} against {_fmt(x1['rkhs_norm'])}; fitted on half the cube the "
-                            f"NTK-GP reaches R² = {_fmt(parity['r2_half_cube'], 3)} on parity and "
-                            f"{_fmt(x1['r2_half_cube'], 3)} on x₁.")
+        smallest = min(by_degree, key=lambda b: b["eigenvalue"])["degree"]
+        rep.finding(f"Parity of {d} bits: eigenvalue {_fmt(by_degree[d]['eigenvalue'])} (x₁: "
+                    f"{_fmt(by_degree[1]['eigenvalue'])}; the smallest is that of degree {smallest}), "
+                    f"squared RKHS norm {_fmt(parity['rkhs_norm'])} (x₁: {_fmt(x1['rkhs_norm'])}); fitted on "
+                    f"half the cube the NTK-GP reaches R² = {_fmt(parity['r2_half_cube'], 3)} on parity and "
+                    f"{_fmt(x1['r2_half_cube'], 3)} on x₁.")
         with rep.task("simplicity figures"):
             fig = plots.walsh_spectrum([b["degree"] for b in by_degree], [b["eigenvalue"] for b in by_degree],
                                        multiplicities=[b["multiplicity"] for b in by_degree],
                                        highlight={"parity": d, "x₁": 1})
             sec.blocks.append(rep.figure(
-                fig, "walsh_spectrum", f"The NTK's eigenvalue for Walsh functions of each degree on {{±1}}{_superscript(d)} "
-                "(×: how many Walsh functions share it). It falls with the degree; parity has the smallest.",
+                fig, "walsh_spectrum", "The NTK's eigenvalue for Walsh functions of each degree on "
+                f"{{±1}}{_superscript(d)} (×: how many Walsh functions share it).",
                 "eigenvalue against Walsh degree"))
             fig = plots.rkhs_norms({r["name"]: r["rkhs_norm"] for r in rows}, highlight=[f"parity of {d} bits"])
             sec.blocks.append(rep.figure(
-                fig, "rkhs_norms", f"Squared RKHS norm yᵀH⁻¹y of each ±1 target on all {res['n']} points: how far "
-                "the linearised network must move its parameters to fit it. Every target has the same "
+                fig, "rkhs_norms", f"Squared RKHS norm yᵀH⁻¹y of each ±1 target on all {res['n']} points: "
+                "how far the linearised network must move its parameters to fit it. Every target has the same "
                 f"Euclidean norm √{res['n']}.", "squared RKHS norm of each target"))
         sec.blocks.append(_table(
             ["target", "Walsh degree", "squared RKHS norm", "log p(y) under the NTK prior",
              f"R² on the other half, fitted on {res['train_points']} points"],
             [[r["name"], "–" if r["degree"] is None else r["degree"], _fmt(r["rkhs_norm"]), _fmt(r["log_prob"]),
               _fmt(r["r2_half_cube"], 3)] for r in rows],
-            "Low-degree targets are cheap and generalise from half the cube; parity is the most expensive and "
-            "the NTK-GP learns nothing about it from the other half (R² ≤ 0).", "numbers"))
+            "The cost of each target under the NTK prior, and how well the NTK-GP fitted on a random half of the "
+            "cube predicts the other half (R² = 1: perfectly; R² ≤ 0: no better than the mean).", "numbers"))
 
 
 def _user_simplicity_section(rep: _Report, arch, data: "_Data", seed: int, intro: str) -> None:
     with rep.section("simplicity", "4. Simplicity of your labels", intro) as sec:
-        shuffled = data.y_train[torch.from_numpy(np.random.default_rng(seed).permutation(data.y_train.shape[0]))]
+        order = np.random.default_rng(seed).permutation(data.y_train.shape[0])
+        shuffled = data.y_train[torch.from_numpy(order)]
         with rep.task("RKHS norm of the labels and of shuffled labels"):
             prior = KernelPrior.from_arch(arch, data.x_train, "ntk")
             table = {name: prior.modes(y) for name, y in (("your labels", data.y_train),
@@ -689,16 +715,16 @@ def _user_simplicity_section(rep: _Report, arch, data: "_Data", seed: int, intro
                              for (name, m), y in zip(table.items(), (data.y_train, shuffled))}}
         rep.results["simplicity"] = res
         yours, shuffled_ = res["labelings"].values()
-        rep.findings.append(f"Squared RKHS norm of your labels: {_fmt(yours['rkhs_norm'])}; of the same labels "
-                            f"shuffled: {_fmt(shuffled_['rkhs_norm'])}.")
+        rep.finding(f"Squared RKHS norm of your labels: {_fmt(yours['rkhs_norm'])}; of the same labels "
+                    f"shuffled: {_fmt(shuffled_['rkhs_norm'])}.")
         with rep.task("simplicity figure"):
             fig = plots.mode_contributions({k: v["cumulative_share"] for k, v in res["labelings"].items()})
             sec.blocks.append(rep.figure(
                 fig, "mode_contributions", "How the squared RKHS norm of the labels accumulates over the NTK's "
                 "eigenmodes (largest eigenvalue first), for your labels and for the same values shuffled "
                 "across inputs.", "cumulative share of the RKHS norm by eigenmode"))
-        sec.blocks.append(_table(["labeling", "squared RKHS norm", "log p(y) under the NTK prior"],
-                                 [[k, _fmt(v["rkhs_norm"]), _fmt(v["log_prob"])] for k, v in res["labelings"].items()],
+        rows = [[k, _fmt(v["rkhs_norm"]), _fmt(v["log_prob"])] for k, v in res["labelings"].items()]
+        sec.blocks.append(_table(["labeling", "squared RKHS norm", "log p(y) under the NTK prior"], rows,
                                  "A labeling the architecture finds simple has a much smaller norm than its "
                                  "shuffled version.", "numbers"))
 
@@ -809,7 +835,8 @@ table.specs td:first-child{font-family:inherit}table.specs th{text-align:left}
 
 def _page(rep: _Report, title: str, subtitle: str, meta: dict) -> str:
     nav = "".join(f'<a href="#{s.key}">{_e(s.title)}</a>' for s in rep.sections)
-    findings = "".join(f"<li>{_e(f)}</li>" for f in rep.findings)
+    findings = "".join(f"<li><b>{_e(s.title)}</b><ul>" + "".join(f"<li>{_e(f)}</li>" for f in s.findings)
+                       + "</ul></li>" for s in rep.sections if s.findings)
     body = []
     for s in rep.sections:
         body.append(f'<section id="{s.key}"><h2>{_e(s.title)}</h2>{_p(s.intro, "lead")}')
@@ -908,7 +935,7 @@ def build_report(out="ntkprior-report", *, seed: int = 0, quick: bool = False, p
     ``y_train`` (n,): the same sections on the user's data; ``x_test`` (n*, d) and ``candidates``
     (``{name: labels (n*,)}``) add the candidate ranking. ``learning_rate`` (default: half the stable
     maximum 2m/λ_max of the analytic NTK), ``steps`` (default 1000; 60 when quick) and ``widths`` (the widths
-    trained and swept; default the architecture's own width and a sweep over 64-512) apply to the
+    trained and swept; default the architecture's own width and a sweep over 32-512) apply to the
     user's data only. ``quick`` shrinks every study to a smoke test; ``progress`` shows a tqdm bar.
     """
     start = time.perf_counter()
@@ -946,7 +973,8 @@ def build_report(out="ntkprior-report", *, seed: int = 0, quick: bool = False, p
     from . import __version__
     meta = {"ntkprior version": __version__, "seed": seed, "size": "quick" if quick else "full", **meta,
             "runtime": f"{runtime:.1f} s"}
-    rep.results["meta"] = {**meta, "runtime_s": runtime, "findings": rep.findings,
+    rep.results["meta"] = {**meta, "runtime_s": runtime,
+                           "findings": {s.key: s.findings for s in rep.sections},
                            "figures": [p.relative_to(out).as_posix() for p in rep.figures]}
     index = out / "index.html"
     index.write_text(_page(rep, title, subtitle, meta), encoding="utf-8")
@@ -981,7 +1009,8 @@ def _run_default(rep: _Report, data: _Data, sizes: Sizes, seed: int) -> dict:
 
 
 def _user_widths(arch, widths, sizes: Sizes) -> tuple[tuple, tuple]:
-    """(widths trained and diagnosed, widths swept): the user's, or the architecture's own and the default sweep."""
+    """(widths trained and diagnosed, widths swept): the user's, or the architecture's own and the
+    default sweep."""
     if len(arch.dense_layers) < 2:
         raise ValueError(f"arch: {arch} has no hidden Dense layer; the report trains networks of several "
                          "widths, so it needs at least one hidden layer, e.g. dense(512) relu dense(1)")
