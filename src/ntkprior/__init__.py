@@ -1,19 +1,53 @@
 """ntkprior: the Neural Tangent Kernel as an instrument for describing the prior of a deep network.
 
 Write an architecture once and get the finite PyTorch network, its exact infinite-width
-NNGP and NTK, and (as they land) the empirical NTK, the prior over labelings, eigenmodes,
-training dynamics, reports. See README.md and docs/.
+NNGP and NTK, the empirical NTK of any model, the prior over labelings, eigenmodes,
+training dynamics and comparisons with really trained networks. See README.md and docs/.
+
+Loaded on first use (heavier dependencies): ``NeuralKernel`` and ``NTKRegressor``
+(scikit-learn), ``ntkprior.plots`` (matplotlib),
+``ntkprior.report``, ``ntkprior.distributed`` and ``ntkprior.stored`` (Dask, zarr:
+``pip install "ntkprior[distributed]"``); ``ntp.distributed`` is loaded on first use.
 """
 
+import importlib
+
 from .data import load_array
+from .datasets import boolean_cube, interval_grid, seed_sin_data, walsh
+from .diagnose import Diagnosis, diagnose
+from .dynamics import LinearizedDynamics, Trajectory, linearized_dynamics, max_stable_learning_rate
+from .empirical import empirical_ntk, empirical_ntk_vp
 from .layers import (Abs, Dense, DenseModule, Elementwise, Erf, Gelu, Identity, Kernels, LeakyReLU,
                      ReLU, Serial, SiLU, Sigmoid, Sin, Softplus, Tanh, serial)
+from .linalg import SymmetricPSD
+from .prior import CandidateRanking, KernelPrior, ModeTable, Posterior, predict, rank_candidates
+from .sources import KernelBlocks
 from .spec import SpecError, load_arch, parse_spec
+from .spectrum import Eigenmodes, count_sign_changes, eigenmodes
+from .training import TrainResult, WidthSweep, train, width_sweep
 
 __version__ = "0.1.0"
 
+_LAZY_MODULES = ("distributed", "stored", "plots", "report", "estimators")
+#: names re-exported from modules with heavy imports (scikit-learn), loaded on first use
+_LAZY_NAMES = {"NeuralKernel": "estimators", "NTKRegressor": "estimators"}
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'ntkprior' has no attribute {name!r}")
+
+
 __all__ = [
-    "Abs", "Dense", "DenseModule", "Elementwise", "Erf", "Gelu", "Identity", "Kernels", "LeakyReLU",
-    "ReLU", "Serial", "SiLU", "Sigmoid", "Sin", "Softplus", "SpecError", "Tanh", "load_arch",
-    "load_array", "parse_spec", "serial",
+    "Abs", "CandidateRanking", "Dense", "DenseModule", "Diagnosis", "Eigenmodes", "Elementwise", "Erf",
+    "Gelu", "Identity", "KernelBlocks", "KernelPrior", "Kernels", "LeakyReLU", "LinearizedDynamics",
+    "ModeTable", "NTKRegressor", "NeuralKernel", "Posterior", "ReLU", "Serial", "SiLU", "Sigmoid", "Sin",
+    "Softplus", "SpecError", "SymmetricPSD", "Tanh", "TrainResult", "Trajectory", "WidthSweep",
+    "boolean_cube", "count_sign_changes", "diagnose", "eigenmodes", "empirical_ntk", "empirical_ntk_vp",
+    "interval_grid", "linearized_dynamics", "load_arch", "load_array", "max_stable_learning_rate",
+    "parse_spec", "predict", "rank_candidates", "seed_sin_data", "serial", "train", "walsh",
+    "width_sweep",
 ]
