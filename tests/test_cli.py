@@ -102,7 +102,8 @@ def test_predict_matches_the_library_at_several_times(runner, files):
     _run(runner, ["predict", "--arch", SPEC, "--train", d / "train2.npz", "--kind", "nngp", "--out", d / "p.csv"])
     lines = (d / "p.csv").read_text().splitlines()
     assert lines[0] == "mean_0,std" and len(lines) == 8          # on the 7 training inputs
-    res = _run(runner, ["predict", "--arch", SPEC, "--train", d / "train.csv", "--kind", "ntkgp", "--format", "json"])
+    res = _run(runner, ["predict", "--arch", SPEC, "--train", d / "train.csv", "--kind", "ntkgp",
+                        "--format", "json"])
     assert np.array(json.loads(res.stdout)["mean"]).shape == (6, 1)
 
 
@@ -189,6 +190,24 @@ def test_bad_input_exits_2_with_one_message(runner, files, args, message):
     assert result.output.startswith("error: ")
 
 
+@pytest.mark.parametrize("suffix", [".json", ".npz", ".npy"])
+def test_candidate_files_of_every_format_give_the_same_ranking(runner, files, suffix):
+    d, *_ = files
+    path = d / f"cands{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps({"flat": [0, 0, 0], "up": [1, 1, 1]}))
+    elif suffix == ".npz":
+        np.savez(path, flat=np.zeros(3), up=np.ones(3))
+    else:
+        np.save(path, np.array([np.zeros(3), np.ones(3)]))
+    args = ["score", "--arch", SPEC, "--train", d / "train.csv", "--test", d / "test_inputs.csv", "--format", "json"]
+    expected = json.loads(_run(runner, args + ["--candidates", d / "cands.csv"]).stdout)["rows"]
+    got = json.loads(_run(runner, args + ["--candidates", path]).stdout)["rows"]
+    names = {"candidate 1": "flat", "candidate 2": "up"}          # an .npy has no names
+    assert [names.get(r["name"], r["name"]) for r in got] == [r["name"] for r in expected]
+    assert [r["conditional_log_prob"] for r in got] == [r["conditional_log_prob"] for r in expected]
+
+
 def test_library_warnings_are_printed_as_one_line_each(runner, files):
     d, *_ = files
     res = _run(runner, ["predict", "--arch", SPEC, "--train", d / "train.csv", "--kind", "ntk", "--t", "1000"])
@@ -199,7 +218,8 @@ def test_library_warnings_are_printed_as_one_line_each(runner, files):
 def test_train_csv_without_a_header_takes_the_last_column_as_label(runner, files):
     d, x, y, _ = files
     np.savetxt(d / "plain.csv", np.c_[x, y], delimiter=",")
-    res = _run(runner, ["predict", "--arch", SPEC, "--train", d / "plain.csv", "--kind", "nngp", "--format", "json"])
+    res = _run(runner, ["predict", "--arch", SPEC, "--train", d / "plain.csv", "--kind", "nngp",
+                        "--format", "json"])
     mean = np.array(json.loads(res.stdout)["mean"])[:, 0]
     np.testing.assert_allclose(mean, predict(parse_spec(SPEC), torch.from_numpy(x)[:, None], y, kind="nngp").mean,
                                rtol=1e-10, atol=1e-10)

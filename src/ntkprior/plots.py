@@ -124,7 +124,7 @@ def spectrum(values, *, title: str | None = None, floor: float | None = None) ->
 
 
 def _draw_waterfall(ax, x: np.ndarray, vectors: np.ndarray, eigenvalues, sign_changes,
-                    max_modes: int, xlabel: str) -> None:
+                    max_modes: int, xlabel: str, connect: bool = True) -> None:
     order = np.argsort(x, kind="stable")
     k = min(max_modes, vectors.shape[1])
     colors = matplotlib.colormaps[SEQUENTIAL](np.linspace(0.0, 0.85, max(k, 2)))
@@ -133,7 +133,8 @@ def _draw_waterfall(ax, x: np.ndarray, vectors: np.ndarray, eigenvalues, sign_ch
         v = vectors[order, i]
         scale = np.abs(v).max() or 1.0
         ax.axhline(-i, color="0.8", lw=0.6, zorder=1)
-        ax.plot(x[order], -i + 0.42 * v / scale, color=colors[i], lw=1.5, zorder=2)
+        ax.plot(x[order], -i + 0.42 * v / scale, "-" if connect else "o", color=colors[i], lw=1.5, ms=3,
+                zorder=2)
         text = f"v{i + 1}"
         if eigenvalues is not None:
             text += f"  λ={eigenvalues[i]:.3g}"
@@ -163,26 +164,28 @@ def _eigen_arrays(x, vectors, eigenvalues, sign_changes):
 
 @_styled
 def eigenfunctions(x, vectors, *, eigenvalues=None, sign_changes=None, max_modes: int = 8,
-                   xlabel: str = "input x", title: str | None = None) -> Figure:
+                   xlabel: str = "input x", connect: bool = True, title: str | None = None) -> Figure:
     """The first ``max_modes`` eigenvectors drawn as functions of the 1-D input, one above the other.
 
     ``x`` (n,) or (n, 1); ``vectors`` (n, k), column i the i-th eigenvector (largest eigenvalue
     first). Each curve is scaled to the same height; its label gives the eigenvalue and, when
     given, the number of sign changes (on an interval the i-th has about i - 1: MATH.md section 5).
+    ``connect=False`` draws points, for x a coordinate of higher-dimensional inputs.
     """
     x, vectors, values, changes = _eigen_arrays(x, vectors, eigenvalues, sign_changes)
     k = min(max_modes, vectors.shape[1])
     fig, axes = _figure(width=6.4, height=1.0 + 0.62 * k)
-    _draw_waterfall(axes[0, 0], x, vectors, values, changes, max_modes, xlabel)
+    _draw_waterfall(axes[0, 0], x, vectors, values, changes, max_modes, xlabel, connect)
     return _finish(fig, title)
 
 
 @_styled
-def eigenmode_overview(panels: Mapping[str, Mapping], *, max_modes: int = 8,
-                       xlabel: str = "input x", title: str | None = None) -> Figure:
+def eigenmode_overview(panels: Mapping[str, Mapping], *, max_modes: int = 8, xlabel: str = "input x",
+                       connect: bool = True, title: str | None = None) -> Figure:
     """Kernels side by side: the spectrum on top and the first eigenvectors below, one column each.
 
-    ``panels``: ``{column title: {"x", "values", "vectors", optional "sign_changes", "floor"}}``.
+    ``panels``: ``{column title: {"x", "values", "vectors", optional "sign_changes", "floor"}}``;
+    ``connect``: as in :func:`eigenfunctions`.
     """
     if not panels:
         raise ValueError("panels: nothing to plot; pass {title: {'x': ..., 'values': ..., 'vectors': ...}}")
@@ -196,7 +199,7 @@ def eigenmode_overview(panels: Mapping[str, Mapping], *, max_modes: int = 8,
         x, vectors, values, changes = _eigen_arrays(p["x"], p["vectors"], p["values"], p.get("sign_changes"))
         _draw_spectrum(axes[0, j], {"eigenvalues": values}, p.get("floor"))
         axes[0, j].set_title(name)
-        _draw_waterfall(axes[1, j], x, vectors, values, changes, max_modes, xlabel)
+        _draw_waterfall(axes[1, j], x, vectors, values, changes, max_modes, xlabel, connect)
         if j:
             axes[0, j].set_ylabel("")
             axes[1, j].set_ylabel("")
@@ -516,7 +519,8 @@ def rkhs_norms(values: Mapping[str, float], *, highlight: Sequence[str] = (),
 
 
 @_styled
-def mode_contributions(cumulative_share: Mapping[str, object], *, xlabel: str = "eigenmode i (largest eigenvalue first)",
+def mode_contributions(cumulative_share: Mapping[str, object], *,
+                       xlabel: str = "eigenmode i (largest eigenvalue first)",
                        ylabel: str = "cumulative share of yᵀH⁻¹y", title: str | None = None) -> Figure:
     """How a labeling's squared RKHS norm accumulates over the eigenmodes, one line per labeling.
 

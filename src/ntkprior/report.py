@@ -256,7 +256,12 @@ class _Report:
 # ====================================================================== section 1: eigenmodes
 def _eigen_section(rep: _Report, panels: dict, x: torch.Tensor, coordinate: np.ndarray,
                    coordinate_label: str, intro: str, max_modes: int = 8) -> None:
-    """Spectrum and first eigenvectors of each ``panels[title] = (arch, kernel)`` on inputs x."""
+    """Spectrum and first eigenvectors of each ``panels[title] = (arch, kernel)`` on inputs x.
+
+    Sign changes are counted along the input for 1-D inputs only; along a principal coordinate of
+    higher-dimensional inputs neighbours need not be close, and the count would mean nothing.
+    """
+    one_d = x.shape[1] == 1
     with rep.section("eigenmodes", "1. Eigenmodes", intro) as sec:
         order = np.argsort(coordinate, kind="stable")
         res, drawn = {"n": int(x.shape[0]), "coordinate": coordinate_label, "kernels": {}}, {}
@@ -265,37 +270,45 @@ def _eigen_section(rep: _Report, panels: dict, x: torch.Tensor, coordinate: np.n
                 modes = eigenmodes(arch, x, kernel=kernel)
             vectors = modes.vectors[order]
             k = min(max_modes, len(modes))
-            changes = count_sign_changes(vectors[:, :k])
+            changes = count_sign_changes(vectors[:, :k]) if one_d else None
             floor = float(x.shape[0] * np.finfo(np.float64).eps * float(modes.values[0]))
             res["kernels"][title] = {"arch": str(arch), "kernel": kernel, "eigenvalues": _numbers(modes.values),
-                                     "sign_changes": _numbers(changes), "roundoff_level": floor,
+                                     "sign_changes": None if changes is None else _numbers(changes),
+                                     "roundoff_level": floor,
                                      "above_roundoff": int((modes.values > floor).sum())}
             drawn[title] = {"x": coordinate[order], "values": modes.values, "vectors": vectors,
                             "sign_changes": changes, "floor": floor}
         rep.results["eigenmodes"] = res
         for title, r in res["kernels"].items():
-            changes = ", ".join(str(int(c)) for c in r["sign_changes"])
-            rep.finding(f"{title}: the eigenvectors v1…v{len(r['sign_changes'])} change sign {changes} times "
-                        f"along {coordinate_label}.")
+            if one_d:
+                changes = ", ".join(str(int(c)) for c in r["sign_changes"])
+                rep.finding(f"{title}: the eigenvectors v1…v{len(r['sign_changes'])} change sign {changes} "
+                            f"times along {coordinate_label}.")
+            else:
+                top = ", ".join(_fmt(v, 3) for v in r["eigenvalues"][:max_modes])
+                rep.finding(f"{title}: the largest eigenvalues are {top}; {r['above_roundoff']} of {res['n']} "
+                            "lie above the round-off level.")
         with rep.task("eigenmode figure"):
-            fig = plots.eigenmode_overview(drawn, max_modes=max_modes, xlabel=coordinate_label)
+            fig = plots.eigenmode_overview(drawn, max_modes=max_modes, xlabel=coordinate_label, connect=one_d)
             sec.blocks.append(rep.figure(
                 fig, "eigenmodes", "Top: eigenvalues of each kernel's Gram matrix (log scale; the dotted line "
                 "is the round-off level n·ε·λ₁, below which eigenvalues are noise). Bottom: the first "
                 f"{max_modes} eigenvectors as functions of {coordinate_label}, each scaled to the same height.",
                 "eigenvalue spectra and eigenvectors of each kernel"))
-        titles = list(panels)
-        rows = []
-        for i in range(max_modes):
+        titles, rows = list(panels), []
+        for i in range(min(max_modes, res["n"])):
             row = [i + 1]
             for t in titles:
                 kr = res["kernels"][t]
-                row += [_fmt(kr["eigenvalues"][i]) if i < len(kr["eigenvalues"]) else "–",
-                        _fmt(int(kr["sign_changes"][i])) if i < len(kr["sign_changes"]) else "–"]
+                row.append(_fmt(kr["eigenvalues"][i]))
+                if one_d:
+                    row.append(_fmt(int(kr["sign_changes"][i])) if i < len(kr["sign_changes"]) else "–")
             rows.append(row)
-        headers = ["mode i"] + [h for t in titles for h in (f"λᵢ {t}", "sign changes")]
-        sec.blocks.append(_table(headers, rows, "The first eigenvalues and the number of sign changes of "
-                                 f"each eigenvector along {coordinate_label}.", "numbers"))
+        per_kernel = (lambda t: (f"λᵢ {t}", "sign changes")) if one_d else (lambda t: (f"λᵢ {t}",))
+        headers = ["mode i"] + [h for t in titles for h in per_kernel(t)]
+        caption = ("The first eigenvalues and the number of sign changes of each eigenvector along "
+                   f"{coordinate_label}." if one_d else "The first eigenvalues.")
+        sec.blocks.append(_table(headers, rows, caption, "numbers"))
         sec.blocks.append(_p(" ".join(
             f"{t}: {r['above_roundoff']} of {res['n']} eigenvalues lie above the round-off level "
             f"{_fmt(r['roundoff_level'], 2)}." for t, r in res["kernels"].items())))
@@ -473,9 +486,9 @@ def _sweep_page(rep: _Report, sec: _Section, sweeps: list, data: "_Data") -> Non
         f"{_fmt(first['mean'], 3)} raises its probability and going past μ* lowers it, so the most probable "
         "label is exactly the kernel-regression prediction; a candidate looks best when it is closest to μ*, "
         "in units of σ*. Why joint densities at different inputs cannot be compared: log p(Y, y*) = "
-        "log p(Y) + log N(y*; μ*, σ*²) has its ceiling log p(Y) − ½ log 2πσ*², and here the ceilings differ "
-        f"by {_fmt(spread, 3)} nats between test inputs only because σ* differs. A higher joint density at "
-        "one input is not a more plausible generalisation than a lower one elsewhere; compare the "
+        "log p(Y) + log N(y*; μ*, σ*²) has its ceiling log p(Y) − ½ log 2πσ*², and here the ceilings "
+        f"differ by {_fmt(spread, 3)} nats between test inputs only because σ* differs. A higher joint "
+        "density at one input is not a more plausible generalisation than a lower one elsewhere; compare the "
         "standardised residuals z = (y* − μ*)/σ* instead (docs/prior.md)." + _joint_vs_z(sweeps, where),
         "explain"))
 
@@ -590,7 +603,7 @@ def _training_section(rep: _Report, data: "_Data", sizes: Sizes, settings: list,
 
 
 def _setting_title(s: dict) -> str:
-    return f"{s['label']}, width {s['width']}, learning rate {s['learning_rate']:g}, {s['steps']} steps"
+    return f"{s['label']}, width {s['width']}, learning rate {_fmt(s['learning_rate'])}, {s['steps']} steps"
 
 
 def _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None:
