@@ -535,5 +535,5 @@ def mode_contributions(cumulative_share: Mapping[str, object], *,
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return _finish(fig, title)

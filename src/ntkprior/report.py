@@ -420,7 +420,7 @@ def _prior_page(rep: _Report, sec: _Section, res: dict, data: "_Data", drawn: di
             "posterior is that of Bayesian inference with randomly initialised networks as the prior; the "
             "GD ensemble is the distribution of infinitely wide networks trained by gradient descent "
             f"for {res['training_time']['steps']} steps at learning rate "
-            f"{res['training_time']['learning_rate']:g}.",
+            f"{_fmt(res['training_time']['learning_rate'])}.",
             "posterior mean and two-standard-deviation bands of three kernel models"))
     lp = res["label_prior"]
     sec.blocks.append(_table(
@@ -579,7 +579,7 @@ def _training_section(rep: _Report, data: "_Data", sizes: Sizes, settings: list,
                          "learning_rate": s.learning_rate, "steps": s.steps, "ensemble": networks,
                          **diagnosis_summary(d)}
                 res["settings"].append(entry)
-                title = f"{s.label}, η = {s.learning_rate:g}, width {width}"
+                title = f"{s.label}, η = {_fmt(s.learning_rate)}, width {width}"
                 panels[title] = d.training.test_outputs[:, -1, :, 0]
                 kernel_mean[title], kernel_std[title] = entry["lee_mean"], entry["lee_std"]
         with rep.task("per-mode learning curves"):
@@ -626,7 +626,7 @@ def _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None
         sec.blocks.append(rep.figure(
             fig, "mode_learning_curves", f"The training residual f_t(X) − Y along each eigenvector of the NTK, "
             f"for one network of width {mc['width']} (circles) and the closed form of the infinitely wide "
-            f"network started from the same initial outputs (lines); learning rate {mc['learning_rate']:g}. "
+            f"network started from the same initial outputs (lines); learning rate {_fmt(mc['learning_rate'])}. "
             "Modes with large eigenvalues are learned first: mode i decays like (1 − ηλᵢ/m)ᵗ.",
             "residual per eigenmode over training"))
         ws = res["width_sweep"]
@@ -635,7 +635,7 @@ def _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None
         sec.blocks.append(rep.figure(
             fig, "width_sweep", f"Distance from the infinite-width description against hidden width "
             f"({ws['label']}; {len(ws['seeds'])} seed(s), {ws['steps']} steps, learning rate "
-            f"{ws['learning_rate']:g}), with fitted power laws. test_distance: trained network vs the "
+            f"{_fmt(ws['learning_rate'])}), with fitted power laws. test_distance: trained network vs the "
             "infinite-width closed form from the same f0; param_change and kernel_change: relative motion "
             "of the parameters and of the empirical NTK during training; init_kernel_distance: empirical vs "
             "analytic NTK at initialisation.", "log-log plot of distances against width"))
@@ -645,8 +645,9 @@ def _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None
                              [["fitted exponent"] + [_fmt(ws["exponents"][m], 3) for m in SWEEP_METRICS] + [""]],
                              "The width sweep's numbers (means over seeds) and the fitted log-log slopes. In "
                              "the lazy regime one expects about −½ for test_distance and init_kernel_distance, "
-                             "and −1 for kernel_change and, with two hidden layers, param_change (Dyer & "
-                             "Gur-Ari 2019); few seeds and five training points make the fits noisy.", "numbers"))
+                             "−1 for kernel_change, and for param_change −½ with one hidden layer, −1 with more "
+                             f"(Dyer & Gur-Ari 2019); with {len(ws['seeds'])} seed(s) and "
+                             f"{data.x_train.shape[0]} training points the fits are noisy.", "numbers"))
 
 
 # ====================================================================== section 4: simplicity
