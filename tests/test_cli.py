@@ -200,7 +200,8 @@ def test_candidate_files_of_every_format_give_the_same_ranking(runner, files, su
         np.savez(path, flat=np.zeros(3), up=np.ones(3))
     else:
         np.save(path, np.array([np.zeros(3), np.ones(3)]))
-    args = ["score", "--arch", SPEC, "--train", d / "train.csv", "--test", d / "test_inputs.csv", "--format", "json"]
+    args = ["score", "--arch", SPEC, "--train", d / "train.csv", "--test", d / "test_inputs.csv",
+            "--format", "json"]
     expected = json.loads(_run(runner, args + ["--candidates", d / "cands.csv"]).stdout)["rows"]
     got = json.loads(_run(runner, args + ["--candidates", path]).stdout)["rows"]
     names = {"candidate 1": "flat", "candidate 2": "up"}          # an .npy has no names

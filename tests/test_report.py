@@ -261,6 +261,7 @@ def test_the_page_renders_in_headless_chromium(quick, tmp_path):
     shot = tmp_path / "shot.png"
     cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,3000", (out / "index.html").as_uri()]
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,3000",
+           (out / "index.html").as_uri()]
     subprocess.run(cmd, timeout=120, capture_output=True, check=False)
     assert shot.exists() and shot.read_bytes()[:8] == PNG_MAGIC and shot.stat().st_size > 50_000

@@ -644,9 +644,9 @@ def _training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None
                               for r in ws["rows"]] +
                              [["fitted exponent"] + [_fmt(ws["exponents"][m], 3) for m in SWEEP_METRICS] + [""]],
                              "The width sweep's numbers (means over seeds) and the fitted log-log slopes. In "
-                             "the lazy regime one expects about −½ for test_distance and init_kernel_distance, "
-                             "−1 for kernel_change, and for param_change −½ with one hidden layer, −1 with more "
-                             f"(Dyer & Gur-Ari 2019); with {len(ws['seeds'])} seed(s) and "
+                             "the lazy regime one expects about −½ for test_distance and "
+                             "init_kernel_distance, −1 for kernel_change, and for param_change −½ with one "
+                             f"hidden layer, −1 with more (Dyer & Gur-Ari 2019); with {len(ws['seeds'])} seed(s) and "
                              f"{data.x_train.shape[0]} training points the fits are noisy.", "numbers"))
 
 
@@ -761,19 +761,19 @@ class _Data:
     marked_labels: tuple = ()
     fixed_label_range: tuple | None = None
     coordinate_label: str = "input x"
-    _direction: np.ndarray | None = None  #: principal direction for d > 1 (None: the input itself)
-    _centre: np.ndarray | None = None
+    direction: np.ndarray | None = None  #: principal direction for d > 1 (None: the input itself)
+    centre: np.ndarray | None = None
 
     @property
     def connect(self) -> bool:
-        return self._direction is None
+        return self.direction is None
 
     def coordinate(self, x) -> np.ndarray:
         """Where each input is drawn: x itself in 1-D, its principal coordinate otherwise."""
         a = np.asarray(x, dtype=float)
-        if self._direction is None:
+        if self.direction is None:
             return a.reshape(-1)
-        return (a - self._centre) @ self._direction
+        return (a - self.centre) @ self.direction
 
     def label_range(self, mean: float, std: float) -> tuple[float, float]:
         if self.fixed_label_range is not None:
@@ -820,7 +820,7 @@ def _user_data(x_train, y_train, x_test, candidates, sizes: Sizes) -> _Data:
     pca = PCA(1).fit(x.numpy())
     plot = test if test is not None else x
     return _Data(x, y[:, 0], plot, test, named, coordinate_label="principal coordinate of the input",
-                 _direction=pca.components_[0], _centre=pca.mean_)
+                 direction=pca.components_[0], centre=pca.mean_)
 
 
 # ====================================================================== the page
