@@ -190,6 +190,8 @@ def test_simplicity_eigenvalues_are_the_walsh_rayleigh_quotients_and_parity_is_h
     parity = datasets.walsh(cube, range(d))
     assert norms[f"parity of {d} bits"] == pytest.approx(prior.rkhs_norm(parity), rel=1e-10)
     assert norms[f"parity of {d} bits"] == max(norms.values())
+    r2 = {t["name"]: t["r2_half_cube"] for t in res["targets"]}
+    assert r2["constant 1"] is None and all(isinstance(v, float) for k, v in r2.items() if k != "constant 1")
 
 
 def _user_inputs(rng, d, n=8, n_test=3):

@@ -677,10 +677,12 @@ def _cube_section(rep: _Report, arch, sizes: Sizes, seed: int, intro: str) -> No
         rows = []
         with rep.task("RKHS norms and half-cube regression"):
             for name, (y, degree) in targets.items():
-                model = NTKRegressor(arch, kind="ntkgp").fit(cube[train_idx].numpy(), y[train_idx].numpy())
+                r2 = None      # R² is undefined for a constant target (no variance to explain)
+                if degree != 0:
+                    model = NTKRegressor(arch, kind="ntkgp").fit(cube[train_idx].numpy(), y[train_idx].numpy())
+                    r2 = float(model.score(cube[test_idx].numpy(), y[test_idx].numpy()))
                 rows.append({"name": name, "degree": degree, "rkhs_norm": prior.rkhs_norm(y),
-                             "log_prob": prior.log_prob(y),
-                             "r2_half_cube": float(model.score(cube[test_idx].numpy(), y[test_idx].numpy()))})
+                             "log_prob": prior.log_prob(y), "r2_half_cube": r2})
         res = {"d": d, "n": int(cube.shape[0]), "arch": str(arch), "kernel": "ntk", "by_degree": by_degree,
                "targets": rows, "train_points": int(len(train_idx))}
         rep.results["simplicity"] = res
