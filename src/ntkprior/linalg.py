@@ -409,7 +409,12 @@ class SymmetricPSD:
     def solve(self, b) -> torch.Tensor:
         """``matrix^{-1} b`` by a Cholesky solve (never an explicit inverse); b (n,) or (n, k)."""
         rhs = self._as_rhs(b, "b")
-        x = torch.cholesky_solve(rhs.reshape(self.n, -1), self.cholesky())
+        flat, L = rhs.reshape(self.n, -1), self.cholesky()
+        if L.device.type == "cpu":         # LAPACK potrs on the Fortran-ordered U = L^T: no copy
+            x = torch.from_numpy(scipy.linalg.cho_solve((L.numpy().T, False), flat.numpy(),
+                                                        check_finite=False))
+        else:
+            x = torch.cholesky_solve(flat, L)
         return x.reshape(rhs.shape)
 
     def logdet(self) -> float:
@@ -419,7 +424,12 @@ class SymmetricPSD:
     def whiten(self, b) -> torch.Tensor:
         """``L^{-1} b`` (so that ``(L^{-1} b)^T (L^{-1} b) = b^T matrix^{-1} b``); b (n,) or (n, k)."""
         rhs = self._as_rhs(b, "b")
-        z = torch.linalg.solve_triangular(self.cholesky(), rhs.reshape(self.n, -1), upper=False)
+        flat, L = rhs.reshape(self.n, -1), self.cholesky()
+        if L.device.type == "cpu":         # LAPACK trtrs on U^T, U = L^T Fortran-ordered: no copy
+            z = torch.from_numpy(scipy.linalg.solve_triangular(L.numpy().T, flat.numpy(), trans="T",
+                                                               lower=False, check_finite=False))
+        else:
+            z = torch.linalg.solve_triangular(L, flat, upper=False)
         return z.reshape(rhs.shape)
 
     def quad_form(self, y) -> float:
