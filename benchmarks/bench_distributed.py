@@ -12,8 +12,9 @@ depth-3 ReLU NTK of bench_kernels.py) on X ~ N(0, 1) of shape (n, 10), float64.
    cores, either as torch threads or as tiles computed --workers at a time with one torch
    thread each (the faster of the two is the baseline), against the distributed path
    (``kernel_matrix`` on a LocalCluster of --workers single-threaded worker processes, writing
-   the zarr store). All warmed up; best of 2. The in-process path on one core is shown for
-   scale, and neural-tangents' whole-matrix kernel (one process) when its venv exists.
+   the zarr store). All warmed up; the minimum over --rounds interleaved rounds. The in-process
+   path on one core is shown for scale, and neural-tangents' whole-matrix kernel (one process)
+   when its venv exists.
 2. Scale at n = --n: the kernel into a zarr store on the default LocalCluster, then the top --k
    eigenpairs (block Lanczos) and a CG solve of (K + ridge·I) x = y with the Nyström
    preconditioner, ridge = --diag-reg · mean(diag K). Wall times, passes over the store, and the
@@ -55,41 +56,40 @@ def worker_peaks(client) -> list[int]:
     return sorted(v * 1024 for v in client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values())
 
 
-def best_of(fn, repeats: int = 2) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def overhead(a) -> dict:
+    """Minimum over --rounds rounds, each running every configuration once (interleaved, so that
+    load from other users of the machine falls on all of them alike)."""
     import torch
     from dask.distributed import Client
 
     from ntkprior.distributed import kernel_blocks_in_memory, kernel_matrix, local_cluster
     arch, x = architecture(), inputs(a.overhead_n, a.d)
     store = Path(a.store_dir) / "bench_overhead.zarr"
-    res = {}
-    # (torch threads, tiles in parallel): one core; all cores inside torch; all cores over tiles
-    for torch_threads, tile_threads in ((1, 1), (a.workers, 1), (1, a.workers)):
-        torch.set_num_threads(torch_threads)
-
-        def run(rows=x):
-            kernel_blocks_in_memory(arch, rows, block=a.overhead_block, threads=tile_threads)
-
-        run(x[:a.overhead_block])                                                        # warm-up
-        res[f"in_process_{torch_threads}x{tile_threads}_s"] = best_of(run)
     t0 = time.perf_counter()
     with local_cluster(a.workers, dashboard_address=None) as cluster, Client(cluster) as client:
-        res["cluster_start_s"] = time.perf_counter() - t0
-        kernel_matrix(arch, x[:a.overhead_block], store=store, block=a.overhead_block, client=client,
-                      overwrite=True)                                                     # warm-up
-        res["distributed_s"] = best_of(lambda: kernel_matrix(arch, x, store=store, block=a.overhead_block,
-                                                             client=client, overwrite=True))
+        start = time.perf_counter() - t0
+
+        def distributed(rows=x):
+            kernel_matrix(arch, rows, store=store, block=a.overhead_block, client=client, overwrite=True)
+
+        # (torch threads, tiles in parallel): one core; all cores inside torch; all cores over tiles
+        runs = {f"in_process_{t}x{p}_s": (t, lambda rows=x, p=p: kernel_blocks_in_memory(
+                    arch, rows, block=a.overhead_block, threads=p))
+                for t, p in ((1, 1), (a.workers, 1), (1, a.workers))}
+        runs["distributed_s"] = (1, distributed)
+        times = {name: [] for name in runs}
+        for name, (threads, fn) in runs.items():                                        # warm-up
+            torch.set_num_threads(threads)
+            fn(x[:a.overhead_block])
+        for _ in range(a.rounds):
+            for name, (threads, fn) in runs.items():
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
     shutil.rmtree(store)
-    return res
+    return {"cluster_start_s": start, **{name: min(values) for name, values in times.items()},
+            "all_times": times}
 
 
 class CountingKernel:
@@ -163,6 +163,7 @@ def main() -> None:
     p.add_argument("--block", type=int, default=4096)
     p.add_argument("--overhead-block", type=int, default=2000)
     p.add_argument("--k", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--diag-reg", type=float, default=1e-2)
     p.add_argument("--store-dir", default="/tmp")
     p.add_argument("--skip-scale", action="store_true")
