@@ -1,6 +1,6 @@
 """Benchmark: vectorised ensemble training and closed-form dynamics at many times.
 
-    python benchmarks/bench_training.py            # the issue's sizes (about 5 minutes on 1 thread)
+    python benchmarks/bench_training.py            # the issue's sizes (about 15 minutes on 1 thread)
     python benchmarks/bench_training.py --quick    # small sizes, a smoke run (about 20 s)
 
 1. Training an ensemble of 256 networks of hidden width 512 for 1000 steps of full-batch gradient
@@ -9,10 +9,11 @@
                 (stacked parameters, one batched forward/backward per step)
      baseline   a Python loop over 256 torch.nn networks (arch.build), each trained by its own
                 torch.optim.SGD: zero_grad, ½·mean loss, backward, step
-   Two architectures: one hidden layer (dense(512) relu dense(1), the small networks ensembles are
-   made of: per-step overhead dominates) and the seed's two hidden layers (dense(512) relu dense(512)
-   relu dense(1): the 512 x 512 products dominate). Extrapolated, and said so in the output: the
-   loop is timed on --loop-nets networks and scaled to 256; the two-hidden-layer ensemble is timed
+   Three rows: one hidden layer (dense(512) relu dense(1)); the seed's two hidden layers
+   (dense(512) relu dense(512) relu dense(1): the 512 x 512 products dominate); and the ensemble of
+   the statistical test, 1024 networks dense(128) erf dense(1) on 4 points in R^8 (per-network
+   work is tiny, per-step overhead dominates). Extrapolated, and said so in the output: the loop is
+   timed on --loop-nets networks and scaled to the ensemble; the two-hidden-layer ensemble is timed
    for --deep-steps steps and scaled to 1000 (cost per step is constant). float32, as networks are
    usually trained (--dtype float64 to change).
 2. Closed-form outputs of the linearised network (ntkprior.dynamics, discrete GD) at 1000 times for
@@ -37,7 +38,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ntkprior.dynamics import LinearizedDynamics
-from ntkprior.layers import Dense, ReLU, serial
+from ntkprior.layers import Dense, Erf, ReLU, serial
 from ntkprior.training import train
 
 ENSEMBLE, WIDTH, STEPS, POINTS, DIM = 256, 512, 1000, 64, 8
@@ -74,23 +75,36 @@ def time_loop(arch, x, y, nets: int, steps: int, dtype) -> float:
     return time.perf_counter() - t0
 
 
-def bench_ensembles(args, dtype) -> None:
+def ensemble_cases(args):
+    """(description, architecture, inputs, labels, ensemble size, steps to time) per benchmark row."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(POINTS, DIM, generator=g, dtype=torch.float64)
-    y = torch.sin(x[:, :1])
-    ensemble, steps = args.ensemble, args.steps
-    print(f"1. {ensemble} networks of width {args.width}, {steps} steps of gradient descent on {POINTS} points "
-          f"({dtype}, {args.threads} thread(s))")
-    for hidden, timed_steps in ((1, steps), (2, min(args.deep_steps, steps))):
-        arch = seed_network(args.width, hidden)
+    x4 = torch.randn(4, DIM, generator=g, dtype=torch.float64)
+    small = serial(Dense(args.width // 4, weight_std=1.2, bias_std=0.05), Erf(), Dense(1, weight_std=1.2, bias_std=0.05))
+    return [
+        (f"{args.ensemble} x dense({args.width}) relu dense(1), {POINTS} points",
+         seed_network(args.width, 1), x, torch.sin(x[:, :1]), args.ensemble, args.steps),
+        (f"{args.ensemble} x the seed's dense({args.width}) relu dense({args.width}) relu dense(1), {POINTS} points",
+         seed_network(args.width, 2), x, torch.sin(x[:, :1]), args.ensemble, min(args.deep_steps, args.steps)),
+        (f"{4 * args.ensemble} x dense({args.width // 4}) erf dense(1), 4 points (the statistical ensemble test)",
+         small, x4, torch.sign(x4[:, :1]), 4 * args.ensemble, args.steps),
+    ]
+
+
+def bench_ensembles(args, dtype) -> None:
+    steps = args.steps
+    print(f"1. ensembles trained {steps} steps by full-batch gradient descent ({dtype}, {args.threads} thread(s))")
+    for title, arch, x, y, ensemble, timed_steps in ensemble_cases(args):
         vec = time_vectorised(arch, x, y, ensemble, timed_steps, dtype) * steps / timed_steps
         loop_steps = min(steps, args.loop_steps)
         loop = time_loop(arch, x, y, args.loop_nets, loop_steps, dtype) * (ensemble / args.loop_nets) * (steps / loop_steps)
         how_vec = "" if timed_steps == steps else f" (timed {timed_steps} steps, scaled x{steps / timed_steps:g})"
-        how_loop = f" (timed {args.loop_nets} networks x {loop_steps} steps, scaled x{ensemble * steps / (args.loop_nets * loop_steps):g})"
-        print(f"   {hidden} hidden layer(s): ntkprior vectorised {vec:8.1f} s{how_vec}")
-        print(f"   {'':17} torch.optim loop   {loop:8.1f} s{how_loop}")
-        print(f"   {'':17} ratio loop / vectorised = {loop / vec:.1f}x")
+        how_loop = (f" (timed {args.loop_nets} networks x {loop_steps} steps, "
+                    f"scaled x{ensemble * steps / (args.loop_nets * loop_steps):g})")
+        print(f"   {title}")
+        print(f"      ntkprior vectorised {vec:8.1f} s{how_vec}")
+        print(f"      torch.optim loop    {loop:8.1f} s{how_loop}")
+        print(f"      ratio loop / vectorised = {loop / vec:.1f}x")
 
 
 def bench_closed_form(args) -> None:
@@ -126,7 +140,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--loop-nets", type=int, default=16, help="networks timed in the loop baseline")
-    p.add_argument("--loop-steps", type=int, default=1000, help="steps timed per loop network")
+    p.add_argument("--loop-steps", type=int, default=200, help="steps timed per loop network")
     p.add_argument("--deep-steps", type=int, default=50, help="steps timed for the two-hidden-layer ensemble")
     p.add_argument("--recompute-times", type=int, default=2, help="times timed for the per-time baseline")
     args = p.parse_args()

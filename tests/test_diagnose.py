@@ -43,7 +43,7 @@ def test_seed_experiment_is_flagged(five_points):
     by_name = {c.name: c.sentence for c in d.checks}
     # each reason carries its figures
     assert f"{d.max_stable_lr_analytic:.4g}" in by_name["learning_rate"]
-    assert f"{np.median(d.condition_empirical):.3g}" in by_name["conditioning"]
+    assert f"against {d.condition_analytic:.3g} analytic" in by_name["conditioning"]
     assert f"{np.nanmedian(d.train_residual):.1%}" in by_name["unconverged_modes"]
     lam = np.linalg.eigvalsh(seed_network(1.5, 0.05).kernel(x).ntk.numpy())
     assert d.max_stable_lr_analytic == pytest.approx(2 * 5 / lam[-1], rel=1e-10)
@@ -104,6 +104,17 @@ def test_figures_match_independent_computations(rng):
     residual = d.training.train_outputs[:, -1].numpy() - y
     np.testing.assert_allclose(d.train_residual, np.sqrt((residual ** 2).mean((1, 2))) / rms_y)
     assert all(c.sentence for c in d.checks) and len(d.notes) == 2
+
+
+def test_diverging_networks_are_diagnosed(rng):
+    x, y, xt = rng.normal(size=(4, 2)), rng.normal(size=(4, 1)), rng.normal(size=(3, 2))
+    arch = L.serial(L.Dense(16, 1.0, 0.1), L.ReLU(), L.Dense(1))
+    with pytest.warns(UserWarning, match="diverged"):
+        d = diagnose(arch, x, y, xt, 300, 1e4, ensemble=2)
+    assert d.diverged == 2 and not d.in_kernel_regime
+    assert d.failed == ["learning_rate", "unconverged_modes", "kernel_drift", "ensemble_mean"]
+    assert "2 network(s) diverged" in d.reasons[0] and "every network diverged" in d.reasons[1]
+    assert "nan" not in str(d) and "inf%" not in str(d)
 
 
 def test_bad_inputs(rng):

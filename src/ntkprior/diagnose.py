@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .data import as_inputs, as_labels
+from .dynamics import max_stable_learning_rate
 from .linalg import SymmetricPSD
 from .prior import predict
 from .training import TrainResult, rms, same_f0_prediction, train
@@ -79,6 +80,7 @@ class Diagnosis:
     train_residual : (E,) RMS(f_t(X) − y) / RMS(y) of the trained networks.
     kernel_drift : (E,) ‖Θ̂_t − Θ̂_0‖_F / ‖Θ̂_0‖_F. param_change : (E,) ‖θ_t − θ_0‖ / ‖θ_0‖.
     f0_size : (E,) RMS(f0(X*)) / RMS(y).
+    diverged : number of networks whose training loss became non-finite.
     network_distance : (E,) RMS(f_t(X*) − f_lin,t(X*)) / RMS(y), against the analytic closed form
         from the network's own f0.
     ensemble_mean : (n*, k) mean of the trained networks' test outputs.
@@ -109,6 +111,7 @@ class Diagnosis:
     kernel_drift: np.ndarray
     param_change: np.ndarray
     f0_size: np.ndarray
+    diverged: int
     network_distance: np.ndarray
     ensemble_mean: np.ndarray
     lee_mean: np.ndarray
@@ -166,11 +169,12 @@ def _assess(result: TrainResult, theta: SymmetricPSD, y: torch.Tensor, lee, lin,
     lr, steps, m = result.learning_rate, int(result.steps[-1]), y.numel()
     scale = float(rms(y))
     lam, vec = (a.flip(-1) for a in theta.eigh())
-    lam_emp = torch.stack([SymmetricPSD(k.to(torch.float64), "empirical NTK").eigh()[0].flip(0)
-                           for k in result.initial_kernel])
+    empirical = [SymmetricPSD(k, f"empirical NTK of network {i}") for i, k in enumerate(result.initial_kernel)]
+    lam_emp = torch.stack([psd.eigh()[0].flip(0) for psd in empirical])
+    lr_max = max_stable_learning_rate(theta, m)
     f = dict(
-        learning_rate=lr, steps=steps, width=width, m=m,
-        max_stable_lr_analytic=_max_rate(lam[0], m), max_stable_lr_empirical=np.array([_max_rate(l[0], m) for l in lam_emp]),
+        learning_rate=lr, steps=steps, width=width, m=m, max_stable_lr_analytic=lr_max,
+        max_stable_lr_empirical=np.array([max_stable_learning_rate(psd, m) for psd in empirical]),
         eigenvalues_analytic=lam.numpy(), eigenvalues_empirical=lam_emp.numpy(),
         mode_convergence_analytic=(lr * lam * steps / m).numpy(),
         mode_convergence_empirical=(lr * lam_emp * steps / m).numpy(),
@@ -180,7 +184,8 @@ def _assess(result: TrainResult, theta: SymmetricPSD, y: torch.Tensor, lee, lin,
         train_residual=(rms(result.train_outputs[:, -1] - y) / scale).numpy(),
         kernel_drift=result.kernel_change[:, -1].numpy(), param_change=result.param_change[:, -1].numpy(),
         f0_size=(rms(result.test_outputs[:, 0]) / scale).numpy(),
-        network_distance=_network_distance(result, lin, scale, lr < _max_rate(lam[0], m)),
+        diverged=int((result.diverged_at >= 0).sum()),
+        network_distance=_network_distance(result, lin, scale, lr < lr_max),
         ensemble_mean=result.test_outputs[:, -1].mean(0).numpy(),
         lee_mean=lee.mean.reshape(lin.shape[1:]).numpy(), lee_std=lee.std.numpy(),
     )
@@ -188,7 +193,7 @@ def _assess(result: TrainResult, theta: SymmetricPSD, y: torch.Tensor, lee, lin,
     allowed = MEAN_Z * f["lee_std"][:, None] / math.sqrt(e) + MEAN_BIAS * scale
     gaps = np.abs(f["ensemble_mean"] - f["lee_mean"]) / allowed
     f["mean_gap"] = float(np.max(gaps)) if np.all(np.isfinite(gaps)) else math.inf
-    checks = [_check_learning_rate(f, result), _check_convergence(f), _check_conditioning(f),
+    checks = [_check_learning_rate(f), _check_convergence(f), _check_conditioning(f),
               _check_drift(f), _check_ensemble_mean(f, gaps, allowed, e)]
     reasons = [c.sentence for c in checks if not c.passed]
     return Diagnosis(in_kernel_regime=not reasons, reasons=reasons, checks=checks, notes=_notes(f, e),
@@ -202,8 +207,11 @@ def _network_distance(result: TrainResult, lin: torch.Tensor, scale: float, stab
     return (rms(result.test_outputs[:, -1] - lin) / scale).numpy()
 
 
-def _max_rate(lam_max, m: int) -> float:
-    return math.inf if float(lam_max) <= 0 else 2.0 * m / float(lam_max)
+def _finite(values: np.ndarray, reduce=np.median) -> float:
+    """``reduce`` over the finite values (diverged networks give NaN/inf); NaN when there are none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(reduce(v)) if v.size else math.nan
 
 
 def _condition(lam_desc: torch.Tensor) -> float:
@@ -219,10 +227,9 @@ def _unlearned(lam, vec, y, lr, steps, m) -> float:
     return float(left[stable].pow(2).sum().div(y.numel()).sqrt())
 
 
-def _check_learning_rate(f: dict, result: TrainResult) -> Check:
+def _check_learning_rate(f: dict) -> Check:
     lr, analytic, empirical = f["learning_rate"], f["max_stable_lr_analytic"], f["max_stable_lr_empirical"]
-    over = int((lr >= empirical).sum())
-    diverged = int((result.diverged_at >= 0).sum())
+    over, diverged = int((lr >= empirical).sum()), f["diverged"]
     passed = lr < analytic and over == 0 and diverged == 0
     figures = (f"2m/λ_max = {analytic:.4g} for the analytic NTK (λ_max = {f['eigenvalues_analytic'][0]:.4g}, "
                f"m = {f['m']}) and {empirical.min():.4g}-{empirical.max():.4g} for the {len(empirical)} "
@@ -232,7 +239,7 @@ def _check_learning_rate(f: dict, result: TrainResult) -> Check:
     safe = 0.9 * min(analytic, float(empirical.min()))
     consequence = (f"{diverged} network(s) diverged" if diverged else
                    f"the networks escape the kernel regime instead (their NTK moved by up to "
-                   f"{np.nanmax(f['kernel_drift']):.0%})")
+                   f"{_finite(f['kernel_drift'], np.max):.0%})")
     return Check("learning_rate", False,
                  f"learning rate {lr:g} is at or above the largest stable rate, {figures} ({over} of "
                  f"{len(empirical)} over): the linearised dynamics multiply the top mode by "
@@ -241,10 +248,12 @@ def _check_learning_rate(f: dict, result: TrainResult) -> Check:
 
 
 def _check_convergence(f: dict) -> Check:
-    residual = float(np.nanmedian(f["train_residual"]))
+    residual = _finite(f["train_residual"])
     slow_analytic = [i for i, (c, s) in enumerate(zip(f["mode_convergence_analytic"], f["label_share"]))
                      if c < LEARNED and s > 0.01]
     slow_empirical = (f["mode_convergence_empirical"] < LEARNED).sum(axis=1)
+    if math.isnan(residual):
+        return Check("unconverged_modes", False, "convergence cannot be assessed: every network diverged.")
     passed = residual <= RESIDUAL_TOL and f["unlearned_analytic"] <= RESIDUAL_TOL
     modes = (", ".join(f"{i + 1} (ηλt/m = {f['mode_convergence_analytic'][i]:.2g}, {f['label_share'][i]:.0%} of ‖y‖²)"
                        for i in slow_analytic) or "none")
@@ -266,9 +275,9 @@ def _check_conditioning(f: dict) -> Check:
     emp, ana = float(np.median(f["condition_empirical"])), f["condition_analytic"]
     ratio = emp / ana
     passed = ratio <= CONDITION_RATIO
-    figures = (f"condition number {emp:.3g} (median over networks) against {ana:.3g} analytic "
-               f"(×{ratio:.3g}); smallest eigenvalue {np.median(f['eigenvalues_empirical'][:, -1]):.3g} "
-               f"against {f['eigenvalues_analytic'][-1]:.3g}")
+    figures = (f"condition number {_cond_text(emp)} (median over networks) against {_cond_text(ana)} "
+               f"analytic{'' if math.isinf(ratio) else f' (×{ratio:.3g})'}; smallest eigenvalue "
+               f"{np.median(f['eigenvalues_empirical'][:, -1]):.3g} against {f['eigenvalues_analytic'][-1]:.3g}")
     if passed:
         return Check("conditioning", True, f"the finite-width NTK is about as well conditioned as the analytic one: {figures}.")
     return Check("conditioning", False,
@@ -277,11 +286,17 @@ def _check_conditioning(f: dict) -> Check:
                  "(a wider network or larger biases help).")
 
 
+def _cond_text(cond: float) -> str:
+    return "∞ (numerically singular)" if math.isinf(cond) else f"{cond:.3g}"
+
+
 def _check_drift(f: dict) -> Check:
-    drift = float(np.max(f["kernel_drift"])) if np.all(np.isfinite(f["kernel_drift"])) else math.inf
-    passed = drift <= DRIFT_TOL
+    drift = _finite(f["kernel_drift"], np.max)
+    if math.isnan(drift):
+        return Check("kernel_drift", False, "the kernel's motion cannot be assessed: every network diverged.")
+    passed = drift <= DRIFT_TOL and f["diverged"] == 0
     figures = (f"the empirical NTK moved by {drift:.2%} during training (relative Frobenius, largest over "
-               f"networks; parameters by {np.nanmax(f['param_change']):.2%})")
+               f"networks{_diverged_note(f)}; parameters by {_finite(f['param_change'], np.max):.2%})")
     if passed:
         return Check("kernel_drift", True, f"{figures}: training is lazy.")
     return Check("kernel_drift", False,
@@ -289,7 +304,14 @@ def _check_drift(f: dict) -> Check:
                  "not describe their training.")
 
 
+def _diverged_note(f: dict) -> str:
+    return f" that did not diverge; {f['diverged']} did" if f["diverged"] else ""
+
+
 def _check_ensemble_mean(f: dict, gaps: np.ndarray, allowed: np.ndarray, e: int) -> Check:
+    if f["diverged"]:
+        return Check("ensemble_mean", False, f"the ensemble mean is not finite: {f['diverged']} of {e} "
+                     "networks diverged.")
     passed = f["mean_gap"] <= 1.0
     j = np.unravel_index(np.nanargmax(np.where(np.isfinite(gaps), gaps, np.inf)), gaps.shape)
     diff = abs(f["ensemble_mean"][j] - f["lee_mean"][j])
@@ -306,11 +328,11 @@ def _notes(f: dict, e: int) -> list[str]:
     notes = [f"f0: the networks' initial functions have RMS {f0:.2g}× RMS(y) on the test inputs: a single network "
              f"scatters around the kernel mean with the Lee et al. std (up to {np.max(f['lee_std']):.3g} here); "
              "compare ensembles, or subtract f0."]
-    distance = f["network_distance"]
-    if np.all(np.isnan(distance)):
+    distance = _finite(f["network_distance"])
+    if math.isnan(distance):
         notes.append("single networks cannot be compared with the infinite-width closed form: at this "
                      "learning rate it diverges.")
     else:
-        notes.append(f"single networks are {np.nanmedian(distance):.1%} of RMS(y) (median) from the "
+        notes.append(f"single networks are {distance:.1%} of RMS(y) (median) from the "
                      "infinite-width closed form started at their own f0.")
     return notes
