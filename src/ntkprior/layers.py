@@ -12,6 +12,7 @@ an :class:`Serial` architecture::
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -186,10 +187,6 @@ class _PiecewiseLinear(Activation):
 
     a, b = 0.0, 1.0
 
-    def torch_fn(self):
-        a, b = self.a, self.b
-        return lambda x: a * torch.clamp(x, max=0.0) + b * torch.clamp(x, min=0.0)
-
     def kernel_map(self):
         return km.PiecewiseLinearMap(self.a, self.b)
 
@@ -211,6 +208,9 @@ class LeakyReLU(_PiecewiseLinear):
     def __init__(self, negative_slope: float = 0.01):
         self.a = _check_float(negative_slope, "negative_slope", "LeakyReLU")
 
+    def torch_fn(self):
+        return functools.partial(torch.nn.functional.leaky_relu, negative_slope=self.a)
+
     def spec(self):
         return f"leaky_relu({self.a!r})"
 
@@ -230,7 +230,7 @@ class Identity(_PiecewiseLinear):
     name, a = "identity", 1.0
 
     def torch_fn(self):
-        return lambda x: x
+        return torch.nn.Identity()
 
 
 class Erf(Activation):
