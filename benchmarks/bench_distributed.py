@@ -12,7 +12,9 @@ depth-3 ReLU NTK of bench_kernels.py) on X ~ N(0, 1) of shape (n, 10), float64.
    cores, either as torch threads or as tiles computed --workers at a time with one torch
    thread each (the faster of the two is the baseline), against the distributed path
    (``kernel_matrix`` on a LocalCluster of --workers single-threaded worker processes, writing
-   the zarr store). All warmed up; the minimum over --rounds interleaved rounds. The in-process
+   the zarr store). All warmed up; the minimum over --rounds interleaved rounds. On a shared
+   machine the CPU seconds of all processes (user + system, from getrusage) are the steadier
+   measure of the overhead, and are printed too. The in-process
    path on one core is shown for scale, and neural-tangents' whole-matrix kernel (one process)
    when its venv exists.
 2. Scale at n = --n: the kernel into a zarr store on the default LocalCluster, then the top --k
@@ -78,18 +80,31 @@ def overhead(a) -> dict:
                 for t, p in ((1, 1), (a.workers, 1), (1, a.workers))}
         runs["distributed_s"] = (1, distributed)
         times = {name: [] for name in runs}
+        cpu = {name: [] for name in runs}
         for name, (threads, fn) in runs.items():                                        # warm-up
             torch.set_num_threads(threads)
             fn(x[:a.overhead_block])
         for _ in range(a.rounds):
             for name, (threads, fn) in runs.items():
                 torch.set_num_threads(threads)
-                t0 = time.perf_counter()
+                c0, t0 = cpu_seconds(client), time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(cpu_seconds(client) - c0)
     shutil.rmtree(store)
     return {"cluster_start_s": start, **{name: min(values) for name, values in times.items()},
-            "all_times": times}
+            **{name.replace("_s", "_cpu_s"): min(values) for name, values in cpu.items()}, "all_times": times}
+
+
+def cpu_seconds(client) -> float:
+    """User + system CPU seconds used so far by this process and every worker."""
+    import resource
+
+    def used():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    return used() + sum(client.run(used).values())
 
 
 class CountingKernel:
@@ -191,6 +206,9 @@ def main() -> None:
               f"(+{r['cluster_start_s']:.1f} s cluster start-up, once)")
         print(f"   overhead vs the faster {w}-core in-process path: "
               f"{100 * (r['distributed_s'] / best - 1):+.0f} %  (target < +25 %)")
+        print(f"   CPU seconds (all processes), in-process 1 core {r['in_process_1x1_cpu_s']:.2f}, "
+              f"{w} tiles at a time {r[f'in_process_1x{w}_cpu_s']:.2f}, distributed {r['distributed_cpu_s']:.2f}: "
+              f"{100 * (r['distributed_cpu_s'] / r['in_process_1x1_cpu_s'] - 1):+.0f} % CPU for the distributed path")
         nt = common.neural_tangents("analytic", "--act", "relu", "--n", str(n), "--d", str(a.d),
                                     "--repeats", "1")
         if nt:

@@ -92,8 +92,9 @@ def tile(matrix, i, j):
 # --- computing the matrix ----------------------------------------------------------------------
 
 def test_workers_get_the_malloc_fix(client):
-    values = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
-    assert set(values.values()) == {("1073741824", "1")}
+    values = client.run(lambda: tuple(os.environ.get(name) for name in
+                                      ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")))
+    assert set(values.values()) == {("1073741824", "1073741824", "1")}
 
 
 def test_symmetric_kernel_equals_in_memory(client, arch, x, reference, tmp_path):
