@@ -10,7 +10,8 @@ depth-3 ReLU NTK of bench_kernels.py) on X ~ N(0, 1) of shape (n, 10), float64.
 1. Overhead (issue 7 target: under 25 %) at n = --overhead-n: the in-process blockwise path
    (``kernel_blocks_in_memory``: the same tiles, same arithmetic, into memory) on --workers
    cores, either as torch threads or as tiles computed --workers at a time with one torch
-   thread each (the faster of the two is the baseline), against the distributed path
+   thread each (the faster of the two is the baseline; its process runs with the workers'
+   malloc settings, so that only Dask and zarr differ), against the distributed path
    (``kernel_matrix`` on a LocalCluster of --workers single-threaded worker processes, writing
    the zarr store). All warmed up; the minimum over --rounds interleaved rounds. On a shared
    machine the CPU seconds of all processes (user + system, from getrusage) are the steadier
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -37,6 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from ntkprior.distributed import WORKER_MALLOC_THRESHOLD  # noqa: E402
 
 BOUND_BYTES = 2.5e9
 
@@ -196,7 +200,13 @@ def main() -> None:
     if not a.skip_overhead:
         n = a.overhead_n
         print(f"1. overhead at n = {n}, d = {a.d}, tiles of {a.overhead_block}, {a.workers} workers x 1 thread")
+        # the in-process path gets the workers' malloc settings too, so only Dask and zarr differ
+        saved = dict(os.environ)
+        threshold = str(WORKER_MALLOC_THRESHOLD)
+        os.environ.update(MALLOC_MMAP_THRESHOLD_=threshold, MALLOC_TRIM_THRESHOLD_=threshold)
         r = part("overhead")
+        os.environ.clear()
+        os.environ.update(saved)
         w = a.workers
         best = min(r[f"in_process_{w}x1_s"], r[f"in_process_1x{w}_s"])
         print(f"   in-process blockwise, 1 core               : {r['in_process_1x1_s']:8.2f} s")
