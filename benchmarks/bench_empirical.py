@@ -16,8 +16,10 @@ Times: the minimum of 7 calls after a warm-up call (one call when a call takes o
 neural-tangents' minimum over its repeats: on a shared machine the minimum is the least disturbed
 figure (as timeit recommends); medians are printed alongside.
 Threads: torch.set_num_threads(2) here (the machine has 2 cores; --threads to change); JAX uses its
-default (all cores). On a machine shared with other CPU-bound work 2 threads can be 10x slower than 1
-(FACTS.md): run it on a quiet machine.
+default (all cores). On a machine shared with other CPU-bound work 2 OpenMP threads that spin at
+barriers can be 10x slower than 1 (FACTS.md); there run it as
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_empirical.py
+(measured at load 6 on 2 cores, MLP N = 512 float32: 0.07-0.09 s passive vs 0.34-1.1 s default).
 Peak memory: MLP N = 4096 float64 with method="auto", in a child process after a warm-up call at
 N = 64: the kernel's peak resident set of the process (VmHWM in /proc/self/status, reset just
 before the call by writing 5 to /proc/self/clear_refs) minus the resident set before the call
@@ -184,7 +186,8 @@ def main() -> None:
         peak_memory_child(a.peak_memory_child)
         return
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times are minima of 7 after a warm-up")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; times are minima of 7 after a warm-up")
     sizes = {"mlp": (16,), "cnn": 8} if a.quick else {"mlp": (256, 512), "cnn": 128}
     summary = {}
     for dtype in (torch.float64, torch.float32):
