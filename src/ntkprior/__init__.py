@@ -19,8 +19,9 @@ from .dynamics import LinearizedDynamics, Trajectory, linearized_dynamics, max_s
 from .empirical import empirical_ntk, empirical_ntk_vp
 from .layers import (Abs, Dense, DenseModule, Elementwise, Erf, Gelu, Identity, Kernels, LeakyReLU,
                      ReLU, Serial, SiLU, Sigmoid, Sin, Softplus, Tanh, serial)
-from .linalg import SymmetricPSD
-from .prior import CandidateRanking, KernelPrior, ModeTable, Posterior, predict, rank_candidates
+from .linalg import IllConditionedWarning, JitterWarning, SymmetricPSD
+from .prior import (CandidateRanking, CandidateScore, KernelPrior, LearningRateWarning, ModeTable, Posterior,
+                    predict, rank_candidates)
 from .sources import KernelBlocks
 from .spec import SpecError, load_arch, parse_spec
 from .spectrum import Eigenmodes, count_sign_changes, eigenmodes
@@ -42,8 +43,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Abs", "CandidateRanking", "Dense", "DenseModule", "Diagnosis", "Eigenmodes", "Elementwise", "Erf",
-    "Gelu", "Identity", "KernelBlocks", "KernelPrior", "Kernels", "LeakyReLU", "LinearizedDynamics",
+    "Abs", "CandidateRanking", "CandidateScore", "Dense", "DenseModule", "Diagnosis", "Eigenmodes", "Elementwise", "Erf",
+    "Gelu", "IllConditionedWarning", "Identity", "JitterWarning", "KernelBlocks", "KernelPrior", "Kernels", "LearningRateWarning", "LeakyReLU", "LinearizedDynamics",
     "ModeTable", "NTKRegressor", "NeuralKernel", "Posterior", "ReLU", "Serial", "SiLU", "Sigmoid", "Sin",
     "Softplus", "SpecError", "SymmetricPSD", "Tanh", "TrainResult", "Trajectory", "WidthSweep",
     "boolean_cube", "count_sign_changes", "diagnose", "eigenmodes", "empirical_ntk", "empirical_ntk_vp",

@@ -34,7 +34,9 @@ def to_tensor(x, name: str, *, dtype: torch.dtype | None = DEFAULT_DTYPE,
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise ValueError(f"{name}: expected numbers, got an array of dtype {arr.dtype}; "
                              "pass a numeric numpy array or torch tensor")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if not (arr.flags.c_contiguous and arr.flags.writeable):
+            arr = np.array(arr, order="C")  # keeps 0-d values 0-d; torch needs writeable memory
+        t = torch.from_numpy(arr)
     if t.is_complex():
         raise ValueError(f"{name}: complex values are not supported; pass real numbers")
     if dtype is not None:
@@ -48,6 +50,8 @@ def to_tensor(x, name: str, *, dtype: torch.dtype | None = DEFAULT_DTYPE,
 
 def check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
     """Raise if ``t`` holds NaN or infinity, saying where the first one is."""
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return t  # one reduction; a finite sum means every element is finite
     bad = ~torch.isfinite(t)
     if bad.any():
         first = tuple(int(i) for i in torch.nonzero(bad)[0])
