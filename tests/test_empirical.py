@@ -14,6 +14,9 @@ from ntkprior import _structured as st
 from ntkprior import empirical as em
 from ntkprior.empirical import empirical_ntk, empirical_ntk_vp
 
+# torch scripts its forward-mode decompositions on the first jvp of a process (not our code)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 RTOL = 1e-10
 METHODS = ["structured", "jacobian", "ntk-vp"]
 
