@@ -35,9 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OUTPUTS = ("trace", "mean", "full", "diagonal")
-
-
 @dataclass
 class Layer:
     """A module handled by the structured path, and which of its parameters are differentiated."""
