@@ -1,6 +1,8 @@
 """Analytic NNGP + NTK of the depth-3 ReLU MLP: ntkprior vs neural-tangents, side by side.
 
-    python benchmarks/bench_kernels.py [--sizes 1000 2000 4000] [--threads 2]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_kernels.py [--sizes 1000 2000 4000] [--threads 2]
+
+(OMP_WAIT_POLICY=PASSIVE keeps 2-thread torch from spinning against other work on a shared machine.)
 
 Architecture: Dense(512, 1.5, 0.05) ReLU Dense(512, 1.5, 0.05) ReLU Dense(1, 1.5, 0.05) on
 X ~ N(0, 1) of shape (N, 10), float64. Steady state after a warm-up (median of 3). Each N runs

@@ -400,8 +400,9 @@ class Serial:
                block_rows: int | None = None, progress: bool = False) -> Kernels:
         """Exact infinite-width NNGP and NTK between ``x1`` (n1, d) and ``x2`` (n2, d).
 
-        ``x2=None`` means ``x2 = x1`` (the diagonal is then exact: the angle there is 0,
-        not round-off). ``diagonal=True`` returns only K(x, x) and Θ(x, x), shape (n1,),
+        ``x2=None`` means ``x2 = x1``: only the upper triangle is computed and mirrored (the
+        result is exactly symmetric), and the diagonal is exact (the angle there is 0, not
+        round-off). ``diagonal=True`` returns only K(x, x) and Θ(x, x), shape (n1,),
         in O(n) memory. Rows are processed in blocks whose temporaries stay within
         ``max_memory`` (bytes or '512MB'), and small enough to stay in cache.
         Returns per-output-unit kernels (every output unit of the last Dense layer has
@@ -427,9 +428,13 @@ class Serial:
             starts = tqdm(starts, desc="kernel rows", unit="block")
         for r0 in starts:
             r1 = min(r0 + rows, n1)
-            state = km.input_state(x1[r0:r1], x2, diag_offset=r0 if symmetric else None)
+            c0 = r0 if symmetric else 0  # symmetric: the upper triangle only, mirrored below
+            state = km.input_state(x1[r0:r1], x2[c0:], diag_offset=0 if symmetric else None)
             self._propagate(state)
-            nngp[r0:r1], ntk[r0:r1] = state.cov, state.ntk
+            for out, block in ((nngp, state.cov), (ntk, state.ntk)):
+                out[r0:r1, c0:] = block
+                if symmetric:
+                    out[r1:, r0:r1] = block[:, r1 - r0:].T
         return Kernels(nngp, ntk)
 
     def _propagate(self, state: km.KernelState) -> None:
