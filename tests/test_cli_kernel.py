@@ -60,3 +60,20 @@ def test_kernel_command_bad_input_exits_2_with_a_message(runner, tmp_path, rng, 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_kernel_command_writes_a_zarr_store_on_dask(runner, tmp_path, rng):
+    pytest.importorskip("dask.distributed")
+    from ntkprior.stored import StoredKernel
+    x = rng.standard_normal((30, 3))
+    np.save(tmp_path / "x.npy", x)
+    store = tmp_path / "K.zarr"
+    args = ["kernel", "--arch", SPEC, "--x1", str(tmp_path / "x.npy"), "--store", str(store), "--block", "16"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    expected = ntp.parse_spec(SPEC).kernel(x).ntk.numpy()
+    stored = StoredKernel(str(store))
+    np.testing.assert_allclose(stored.matvec(np.eye(30)), expected, rtol=1e-12, atol=1e-12)
+    bad = runner.invoke(app, [*args, "--diagonal"])
+    assert bad.exit_code == 2 and "--diagonal: not available with --store" in bad.output
