@@ -72,7 +72,7 @@ def overhead(a) -> dict:
     arch, x = architecture(), inputs(a.overhead_n, a.d)
     store = Path(a.store_dir) / "bench_overhead.zarr"
     t0 = time.perf_counter()
-    with local_cluster(a.workers, dashboard_address=None) as cluster, Client(cluster) as client:
+    with local_cluster(a.workers, dashboard_address=":0") as cluster, Client(cluster) as client:
         start = time.perf_counter() - t0
 
         def distributed(rows=x):
@@ -133,7 +133,7 @@ def scale_store(a) -> dict:
     store = Path(a.store_dir) / "bench_scale.zarr"
     x = inputs(a.n, a.d)
     t0 = time.perf_counter()
-    with local_cluster(a.workers, dashboard_address=None) as cluster, Client(cluster) as client:
+    with local_cluster(a.workers, dashboard_address=":0") as cluster, Client(cluster) as client:
         client.run(lambda: __import__("ntkprior.layers"))       # worker imports, not the kernel
         start = time.perf_counter() - t0
         t0 = time.perf_counter()

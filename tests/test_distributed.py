@@ -32,7 +32,7 @@ BLOCK = 128
 @pytest.fixture(scope="module")
 def client():
     from dask.distributed import Client
-    with local_cluster(2, dashboard_address=None) as cluster, Client(cluster) as c:
+    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
         yield c
 
 
@@ -138,7 +138,7 @@ def test_default_client_starts_and_closes_a_local_cluster(arch, x, tmp_path, mon
     started = []
 
     def one_worker():       # the default cluster, with one worker instead of one per core: cheaper
-        started.append(local_cluster(1, dashboard_address=None))
+        started.append(local_cluster(1, dashboard_address=":0"))
         return started[-1]
 
     monkeypatch.setattr(module, "local_cluster", one_worker)
