@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import ntkprior.layers as L
 from ntkprior.diagnose import Diagnosis, diagnose

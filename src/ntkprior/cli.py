@@ -503,7 +503,3 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
     result = build_report(out, seed=seed, quick=quick, progress=progress, **user)
     typer.echo(f"report written to {result.index} ({len(result.figures)} figures, results in "
                f"{result.results_path.name}) in {result.runtime_s:.0f} s")
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()

@@ -15,7 +15,6 @@ predictions of :func:`ntkprior.prior.predict`, factorising the training kernel o
 from __future__ import annotations
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.gaussian_process.kernels import Kernel
 from sklearn.utils.validation import check_is_fitted, validate_data

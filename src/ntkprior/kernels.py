@@ -21,7 +21,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from scipy.special import roots_hermite
 
