@@ -14,7 +14,9 @@ training dynamics) goes through :class:`SymmetricPSD`. It
 
 The matrix-free protocol used by the rest of the package is ``.shape``, ``.matvec(v)`` and
 ``.solve(b)``; an out-of-core kernel that offers the same three members can stand in for a
-``SymmetricPSD`` wherever only those are used.
+``SymmetricPSD`` wherever only those are used. :func:`as_symmetric_psd` passes a stored kernel
+(:class:`ntkprior.stored.StoredKernel`) through as its view with the ridge, which also offers
+``quad_form`` and a stochastic ``logdet``.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import torch
 
 from ntkprior.data import check_finite, to_tensor
 
-__all__ = ["SymmetricPSD", "as_symmetric_psd", "check_symmetric", "finite_or_raise", "fix_signs", "IllConditionedWarning",
-           "JitterWarning", "PSD_RTOL", "COND_WARN"]
+__all__ = ["SymmetricPSD", "as_symmetric_psd", "is_stored_kernel", "check_symmetric", "finite_or_raise",
+           "fix_signs", "IllConditionedWarning", "JitterWarning", "PSD_RTOL", "COND_WARN"]
 
 #: Eigenvalues below ``-PSD_RTOL * lambda_max`` mean the matrix is not positive semi-definite.
 PSD_RTOL = 1e-8
@@ -456,12 +458,31 @@ class SymmetricPSD:
                 f"jitter={self.jitter:.3g}, factorised={done})")
 
 
+def is_stored_kernel(obj) -> bool:
+    """An out-of-core kernel (:class:`ntkprior.stored.StoredKernel`): solves, eigenpairs and
+    log-determinants by iterative methods, its ridge set by ``regularised(diag_reg, reg)``."""
+    return callable(getattr(obj, "regularised", None)) and callable(getattr(obj, "eigsh", None))
+
+
 def as_symmetric_psd(matrix, name: str = "kernel", *, diag_reg: float = 0.0, reg: str = "relative",
-                     jitter: str | None = None) -> SymmetricPSD:
+                     jitter: str | None = None):
     """``matrix`` as a :class:`SymmetricPSD`; one that already is one is reused with its factorisations.
 
     Reusing a ``SymmetricPSD`` keeps its own ridge: passing ``diag_reg`` or ``jitter`` as well is an error.
+    A stored kernel (:func:`is_stored_kernel`) is returned as its view ``K + ridge·I``
+    (``matrix.regularised(diag_reg, reg)``), which offers ``n``, ``solve``, ``quad_form`` and a
+    stochastic ``logdet`` but no Cholesky factor or full eigendecomposition.
     """
+    if is_stored_kernel(matrix):
+        if not matrix.symmetric:
+            raise ValueError(f"{name}: the stored kernel {matrix.location!r} is a cross kernel of shape "
+                             f"{matrix.shape}; a kernel on the training inputs is K(x, x): compute it "
+                             "with x2=None")
+        if jitter is not None:
+            raise ValueError(f"jitter: {name} is a stored kernel, where jitter='auto' (a search over "
+                             "Cholesky factorisations) is not available; pass an explicit ridge, e.g. "
+                             "diag_reg=1e-6 (relative to the mean diagonal)")
+        return matrix.regularised(diag_reg, reg)
     if isinstance(matrix, SymmetricPSD):
         if diag_reg or jitter is not None:
             raise ValueError(f"diag_reg: {name} is already a SymmetricPSD with ridge {matrix.ridge:g} "

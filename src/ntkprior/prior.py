@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ntkprior.data import as_labels, to_tensor
-from ntkprior.linalg import SymmetricPSD, as_symmetric_psd, user_stacklevel
+from ntkprior.linalg import SymmetricPSD, as_symmetric_psd, is_stored_kernel, user_stacklevel
 from ntkprior.sources import KernelBlocks, check_kernel_name, resolve_kernels
 
 __all__ = ["KernelPrior", "ModeTable", "rank_candidates", "CandidateRanking", "CandidateScore",
@@ -42,10 +42,11 @@ class LearningRateWarning(UserWarning):
     """Discrete gradient descent at this learning rate would diverge; the prediction is gradient flow."""
 
 
-def _gaussian_log_prob(psd: SymmetricPSD, y: torch.Tensor) -> float:
-    """``log N(y; 0, M)`` summed over the columns of y (n, k)."""
+def _gaussian_log_prob(psd: SymmetricPSD, y: torch.Tensor, logdet: float | None = None) -> float:
+    """``log N(y; 0, M)`` summed over the columns of y (n, k); ``logdet``: log det M if known."""
     n, k = y.shape
-    return -0.5 * (psd.quad_form(y) + k * psd.logdet() + n * k * LOG_2PI)
+    logdet = psd.logdet() if logdet is None else logdet
+    return -0.5 * (psd.quad_form(y) + k * logdet + n * k * LOG_2PI)
 
 
 def _format_table(headers: list[str], rows: list[list[str]], left: tuple[int, ...] = ()) -> str:
@@ -71,20 +72,25 @@ class ModeTable:
         ``v_i . y`` per output column, with the eigenvector signs of
         :func:`ntkprior.linalg.fix_signs` (largest-magnitude entry positive).
     contribution : (n,)
-        ``sum_j (v_i . y_j)^2 / lambda_i``; these sum to ``y^T H^-1 y`` (:attr:`total`).
+        ``sum_j (v_i . y_j)^2 / lambda_i``; with :attr:`remainder` these sum to ``y^T H^-1 y``
+        (:attr:`total`).
     cumulative_share : (n,)
         Share of the total carried by modes 0..i.
+    remainder : float
+        The contribution of the modes not listed, when only the top k are (``modes(y, k)``):
+        ``y^T H^-1 y`` minus the listed contributions; 0 when every mode is listed.
     """
 
     eigenvalue: torch.Tensor
     projection: torch.Tensor
     contribution: torch.Tensor
     cumulative_share: torch.Tensor
+    remainder: float = 0.0
 
     @property
     def total(self) -> float:
-        """``y^T H^-1 y`` summed over modes."""
-        return float(self.contribution.sum())
+        """``y^T H^-1 y``: the listed modes plus the remainder."""
+        return float(self.contribution.sum()) + self.remainder
 
     def __len__(self) -> int:
         return self.eigenvalue.shape[0]
@@ -97,6 +103,9 @@ class ModeTable:
         header = ["mode", "eigenvalue", "projection" if self.projection.ndim == 1 else "|projection|",
                   "contribution", "cumulative"]
         more = f"\n... {len(self) - max_rows} more modes" if len(self) > max_rows else ""
+        if self.remainder:
+            more += (f"\nthe modes after these {len(self)}: {self.remainder:.4g} "
+                     f"({self.remainder / self.total:.1%} of the total)")
         return (f"y^T H^-1 y = {self.total:.6g}, by eigenmode (largest eigenvalue first)\n"
                 + _format_table(header, rows) + more)
 
@@ -108,23 +117,47 @@ class KernelPrior:
 
     Parameters
     ----------
-    H : (n, n) array, tensor or SymmetricPSD
-        Kernel matrix on the inputs (any PSD matrix).
+    H : (n, n) array, tensor, SymmetricPSD or StoredKernel
+        Kernel matrix on the inputs (any PSD matrix), or a symmetric
+        :class:`~ntkprior.stored.StoredKernel` used out of core (see Notes).
     diag_reg, reg, jitter :
         Explicit ridge and singular-matrix policy, see :class:`ntkprior.linalg.SymmetricPSD`.
         Nothing is added silently: a numerically singular H raises a ``ValueError``.
+        ``jitter="auto"`` is not available for a stored kernel.
     name : str
         Used in messages.
+    probes : int, stored kernels only
+        Probe vectors of the stochastic log-determinant (default 32); its standard error
+        shrinks like 1/sqrt(probes).
+
+    Notes
+    -----
+    With a stored kernel nothing n x n is formed: quadratic forms ``y^T H^-1 y`` are solved by
+    conjugate gradients (relative residual 1e-8), the log-determinant is estimated by stochastic
+    Lanczos quadrature (:meth:`ntkprior.stored.StoredKernel.logdet`), and :meth:`modes` lists the
+    top k modes from block Lanczos. The log-determinant is therefore *stochastic*: it is
+    estimated once per prior and reused, so log-probability differences between labelings under
+    the same prior are exact to the CG tolerance, while absolute values (and comparisons across
+    kernels) carry its standard error: ``log_prob(y, return_std=True)``. A ridge (``diag_reg``)
+    keeps CG fast; without one an ill-conditioned kernel ends in a ``ConvergenceWarning``.
 
     Examples
     --------
     >>> prior = KernelPrior.from_arch(arch, x, kernel="ntk")            # doctest: +SKIP
     >>> prior.log_prob(y), prior.rkhs_norm(y), print(prior.modes(y))   # doctest: +SKIP
+    >>> prior = KernelPrior(StoredKernel("K.zarr"), diag_reg=1e-3)      # doctest: +SKIP
+    >>> prior.log_prob(y, return_std=True), print(prior.modes(y, k=20))  # doctest: +SKIP
     """
 
     def __init__(self, H, *, diag_reg: float = 0.0, reg: str = "relative", jitter: str | None = None,
-                 name: str = "H"):
+                 name: str = "H", probes: int | None = None):
         self.psd = as_symmetric_psd(H, name, diag_reg=diag_reg, reg=reg, jitter=jitter)
+        self.stored = is_stored_kernel(self.psd)
+        if probes is not None and not self.stored:
+            raise ValueError("probes: applies to the stochastic log-determinant of a stored kernel; the "
+                             "log-determinant of an in-memory matrix is exact (Cholesky): drop probes")
+        self._probes = 32 if probes is None else probes
+        self._logdet: tuple[float, float] | None = None
 
     @classmethod
     def from_arch(cls, arch_or_kernel, x, kernel: str = "ntk", *, diag_reg: float = 0.0,
@@ -159,11 +192,33 @@ class KernelPrior:
     @property
     def eigenvalues(self) -> torch.Tensor:
         """Eigenvalues of H (with ridge), descending, clipped at 0."""
+        if self.stored:
+            raise ValueError("eigenvalues: a stored kernel gives only its top eigenvalues; use "
+                             "prior.psd.eigsh(k) or ntkprior.spectrum.eigenmodes(stored, k=k)")
         return self.psd.eigh()[0].flip(0)
 
-    def log_prob(self, y) -> float:
-        """``log N(y; 0, H)`` for y (n,) or (n, k), summed over the k output columns."""
-        return _gaussian_log_prob(self.psd, as_labels(y, self.n, "y"))
+    def logdet(self, *, return_std: bool = False):
+        """``log det H`` (with ridge), and with ``return_std=True`` its standard error.
+
+        Exact (Cholesky; standard error 0) for a matrix; for a stored kernel estimated once by
+        stochastic Lanczos quadrature with ``probes`` probes and reused by every call.
+        """
+        if self._logdet is None:
+            self._logdet = (self.psd.logdet(probes=self._probes, return_std=True) if self.stored
+                            else (self.psd.logdet(), 0.0))
+        return self._logdet if return_std else self._logdet[0]
+
+    def log_prob(self, y, *, return_std: bool = False):
+        """``log N(y; 0, H)`` for y (n,) or (n, k), summed over the k output columns.
+
+        ``return_std=True`` returns ``(value, std)``: std is the standard error that the
+        stochastic log-determinant of a stored kernel carries, ``k/2`` times that of
+        :meth:`logdet` (0 for a matrix). It is shared by every labeling of the same prior.
+        """
+        labels = as_labels(y, self.n, "y")
+        logdet, std = self.logdet(return_std=True)
+        value = _gaussian_log_prob(self.psd, labels, logdet)
+        return (value, 0.5 * labels.shape[1] * std) if return_std else value
 
     def rkhs_norm(self, y, *, squared: bool = True) -> float:
         """``y^T H^-1 y`` (summed over columns): the squared RKHS norm, by default.
@@ -174,17 +229,36 @@ class KernelPrior:
         q = self.psd.quad_form(as_labels(y, self.n, "y"))
         return q if squared else math.sqrt(q)
 
-    def modes(self, y) -> ModeTable:
+    def modes(self, y, k: int | None = None) -> ModeTable:
         """Per eigenmode (largest eigenvalue first): eigenvalue, ``v_i . y``, ``(v_i . y)^2 / lambda_i``,
-        cumulative share of ``y^T H^-1 y``. Needs the eigendecomposition (computed once)."""
+        cumulative share of ``y^T H^-1 y``.
+
+        ``k``: list only the top k modes; the others are summed into ``remainder``. A matrix needs
+        its eigendecomposition (computed once); a stored kernel needs ``k`` and finds the top k
+        by block Lanczos, the total ``y^T H^-1 y`` by conjugate gradients.
+        """
         labels = as_labels(y, self.n, "y")
-        self.psd.cholesky()        # a singular H has no finite RKHS norm: raise the clear error
-        w, v = self.psd.eigh()
-        w, proj = w.flip(0), (v.T @ labels).flip(0)                     # largest first, (n, k)
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.n):
+            raise ValueError(f"k: expected an integer between 1 and n = {self.n}, or None, got {k!r}")
+        if self.stored:
+            if k is None:
+                raise ValueError(f"k: a stored kernel gives its top k eigenpairs only (block Lanczos), "
+                                 f"not all n = {self.n}; pass k, e.g. modes(y, k=20): the other modes "
+                                 "are summed into the table's remainder")
+            w, v = self.psd.eigsh(k)
+            proj, total = v.T @ labels, self.psd.quad_form(labels)
+        else:
+            self.psd.cholesky()        # a singular H has no finite RKHS norm: raise the clear error
+            w, v = self.psd.eigh()
+            w, proj = w.flip(0), (v.T @ labels).flip(0)                 # largest first, (n, outputs)
+            total = None
         contribution = (proj * proj).sum(dim=1) / w
-        cumulative = torch.cumsum(contribution, 0) / contribution.sum()
-        return ModeTable(w, proj[:, 0] if np.ndim(y) == 1 else proj,
-                         contribution, cumulative)
+        total = float(contribution.sum()) if total is None else total
+        if k is not None:
+            w, proj, contribution = w[:k], proj[:k], contribution[:k]
+        cumulative = torch.cumsum(contribution, 0) / total
+        return ModeTable(w, proj[:, 0] if np.ndim(y) == 1 else proj, contribution, cumulative,
+                         total - float(contribution.sum()))
 
     def __repr__(self) -> str:
         return f"KernelPrior(n={self.n}, {self.psd!r})"
@@ -321,7 +395,9 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
     top_modes : int
         How many eigenmodes of the joint kernel on [X; X*] to report per candidate: those that cost
         it the most log-probability relative to the best candidate. 0 skips the
-        eigendecomposition (cubic in n + n*).
+        eigendecomposition (cubic in n + n*); a stored kernel needs 0. With a stored kernel the
+        conditional is by conjugate gradients and ``marginal_log_prob`` (hence ``joint_log_prob``)
+        is stochastic (:meth:`ntkprior.stored.StoredKernel.logdet`); the ranking is not.
 
     Returns
     -------
@@ -353,6 +429,9 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
     named = _candidate_list(candidates, blocks.n_test, y.shape[1])
     psd = as_symmetric_psd(blocks.train, f"{source.label(kernel)} of the training inputs",
                            diag_reg=diag_reg, reg=reg, jitter=jitter)
+    if is_stored_kernel(psd) and top_modes > 0:
+        raise ValueError("top_modes: the eigenmodes of the joint kernel on [X; X*] need it in memory, "
+                         "which a stored training kernel avoids; pass top_modes=0")
     marginal = _gaussian_log_prob(psd, y)
     mean, sigma_star = _gp_conditional(psd, blocks.test_train, blocks.test, y, full=True)
     cond = SymmetricPSD(sigma_star, "conditional covariance of the test labels given the training "
@@ -522,9 +601,8 @@ def _minus_cross(test, w, cross, full: bool):
     return test - (w * cross).sum(-1)
 
 
-def _gd_ensemble_cov(test, w, k_train, k_cross, full: bool):
-    """``K** + A K A^T - (A KX* + K*X A^T)`` (Lee et al. 2019), or its diagonal."""
-    wk = w @ k_train
+def _gd_ensemble_cov(test, w, wk, k_cross, full: bool):
+    """``K** + A K A^T - (A KX* + K*X A^T)`` (Lee et al. 2019), or its diagonal; ``wk = A K``."""
     if full:
         b = w @ k_cross.T
         c = test + wk @ w.mT - b - b.mT
@@ -545,7 +623,11 @@ def _test_blocks(blocks: KernelBlocks, cross: torch.Tensor, full: bool):
 
 def _gp_conditional(psd: SymmetricPSD, cross, test, y, full: bool):
     """``mu* = H*X H_r^-1 Y`` and ``Sigma* = H** - H*X H_r^-1 HX*`` (or its diagonal; test None:
-    mean only) from one triangular solve ``W = L^-1 HX*``: ``Sigma* = H** - W^T W``."""
+    mean only) from one triangular solve ``W = L^-1 HX*``: ``Sigma* = H** - W^T W``; for a stored
+    kernel from one conjugate-gradient solve (:func:`_solve_weights`)."""
+    if is_stored_kernel(psd):
+        mean, w = _solve_weights(psd, cross, y, test is not None)
+        return mean, None if test is None else _minus_cross(test, w, cross, full)
     whitened = psd.whiten(cross.T)                                      # (n, n*)
     mean = whitened.T @ psd.whiten(y)
     if test is None:
@@ -554,6 +636,35 @@ def _gp_conditional(psd: SymmetricPSD, cross, test, y, full: bool):
         return mean, test - (whitened * whitened).sum(dim=0)
     c = test - whitened.T @ whitened
     return mean, (c + c.T) / 2
+
+
+def _solve_weights(op, cross, y, weights: bool):
+    """``(H*X H_r^-1 Y, A = H*X H_r^-1 or None)`` for a stored kernel: one block conjugate-gradient
+    solve ``H_r^-1 [Y, HX*]``, all columns sharing each pass over the store."""
+    k = y.shape[1]
+    solved = op.solve(torch.cat([y, cross.T], 1) if weights else y)
+    return cross @ solved[:, :k], (solved[:, k:].T if weights else None)
+
+
+def _stored_gd_ensemble(op, blocks: dict, y, full: bool):
+    """The converged GD ensemble with stored kernels: ``A = Theta*X Theta_r^-1`` by CG, ``A K`` by one
+    pass over the stored NNGP K (without ridge)."""
+    ntk, nngp = blocks["ntk"], blocks["nngp"]
+    mean, w = _solve_weights(op, ntk.test_train, y, True)
+    test = nngp.test if full else nngp.test_diagonal()
+    return mean, _gd_ensemble_cov(test, w, nngp.train.matmat(w.T).T, nngp.test_train, full)
+
+
+def _check_stored_prediction(main: KernelBlocks, rates) -> None:
+    """What a stored training kernel cannot give: finite times, predictions at the training inputs."""
+    if rates is not None:
+        raise ValueError("t: predictions at finite training times need the whole eigendecomposition of "
+                         "the training kernel, which a stored kernel does not give; pass t=None "
+                         "(converged), or load the kernel into memory (stored.load()) if it fits")
+    if main.test_train is None:
+        raise ValueError("x_test: predictions at the training inputs of a stored kernel would need its "
+                         "n x n matrix in memory; pass x_test (the inputs to predict at), or load the "
+                         "kernel (stored.load()) if it fits")
 
 
 def _by_weights(psd: SymmetricPSD, blocks: dict, inverted: str, kind: str, y, rates, cov):
@@ -569,7 +680,7 @@ def _by_weights(psd: SymmetricPSD, blocks: dict, inverted: str, kind: str, y, ra
         k = blocks["nngp"]
         k_train = _plain(k.train)
         k_cross, k_test = _test_blocks(k, k_train if k.test_train is None else k.test_train, full)
-        return w @ y, _gd_ensemble_cov(k_test, w, k_train, k_cross, full)
+        return w @ y, _gd_ensemble_cov(k_test, w, w @ k_train, k_cross, full)
     w_cov = w if kind != "readout" or rates is None else regression.weights(2 * rates)
     return w @ y, _minus_cross(test, w_cov, cross, full)
 
@@ -609,7 +720,7 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
 
     Parameters
     ----------
-    arch_or_kernel : architecture, callable, module or precomputed KernelBlocks (see
+    arch_or_kernel : architecture, callable, module, precomputed KernelBlocks or stored kernel (see
         :mod:`ntkprior.sources`); "gd-ensemble" needs both the NTK and the NNGP.
     x_train, y_train : (n, d), (n,) or (n, k)
     x_test : (n*, d) or None
@@ -621,6 +732,15 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     Returns
     -------
     Posterior with ``.mean``, ``.cov``, ``.var``, ``.std``.
+
+    Notes
+    -----
+    A stored training kernel (:class:`ntkprior.stored.StoredKernel`; for "gd-ensemble" a dict
+    ``{"ntk": stored_ntk, "nngp": stored_nngp}``) gives the converged (``t=None``) predictions at
+    ``x_test`` without forming its n x n matrix: ``H_r^-1 [Y, HX*]`` by one block conjugate-gradient
+    solve (relative residual 1e-8 per column; each iteration one pass over the store), the test
+    blocks from the architecture the store records (or from ``KernelBlocks(stored, test_train,
+    test)``). Finite times and predictions at the training inputs need the whole matrix and raise.
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
@@ -641,8 +761,15 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     rates = None if times is None else learning_rate * times / m        # eta t / m
     psd = as_symmetric_psd(main.train, f"{source.label(names[0])} of the training inputs",
                            diag_reg=diag_reg, reg=reg, jitter=jitter)
-    if rates is None and kind != "gd-ensemble" and main.test_train is not None:
-        test = None if cov is None else (main.test if full_cov else main.test_diagonal())
+    test = None if cov is None or main.test_train is None else (
+        main.test if full_cov else main.test_diagonal())
+    if is_stored_kernel(psd):
+        _check_stored_prediction(main, rates)
+        if kind == "gd-ensemble" and cov is not None:
+            mean, covariance = _stored_gd_ensemble(psd, blocks, y, full_cov)
+        else:
+            mean, covariance = _gp_conditional(psd, main.test_train, test, y, full_cov)
+    elif rates is None and kind != "gd-ensemble" and main.test_train is not None:
         mean, covariance = _gp_conditional(psd, main.test_train, test, y, full_cov)
     else:
         mean, covariance = _by_weights(psd, blocks, names[0], kind, y, rates, cov)

@@ -12,7 +12,12 @@ accepts any of
   or ``k(x1, x2) -> object with .nngp / .ntk``: both kernels;
 - **precomputed matrices**: a :class:`KernelBlocks` (one kernel), a bare ``(n, n)`` matrix or
   :class:`~ntkprior.linalg.SymmetricPSD`, a tuple ``(train, test_train[, test])``, or a dict
-  ``{"ntk": blocks, "nngp": blocks}`` of those.
+  ``{"ntk": blocks, "nngp": blocks}`` of those;
+- **stored kernels** (:class:`ntkprior.stored.StoredKernel`, symmetric): the train-train kernel on
+  the store's inputs ``x1``, named by the store's ``kind``; alone, in a dict
+  ``{"ntk": stored_ntk, "nngp": stored_nngp}``, or as ``KernelBlocks(stored, test_train, test)``.
+  Test blocks not given are computed from the architecture recorded in the store
+  (:meth:`~ntkprior.stored.StoredKernel.architecture`); an empirical NTK's must be given.
 
 The result is a :class:`KernelSource` whose :meth:`KernelSource.blocks` returns, per kernel name, the
 train-train, test-train and test-test blocks as float64 torch tensors.
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 
 from ntkprior.data import as_inputs, check_same_features, to_tensor
-from ntkprior.linalg import SymmetricPSD, finite_or_raise
+from ntkprior.linalg import SymmetricPSD, finite_or_raise, is_stored_kernel
 
 __all__ = ["KERNEL_NAMES", "KernelBlocks", "KernelSource", "resolve_kernels", "check_kernel_name",
            "is_kernel_operator"]
@@ -58,9 +63,10 @@ class KernelBlocks:
 
     Parameters
     ----------
-    train : (n, n) or SymmetricPSD
+    train : (n, n), SymmetricPSD or StoredKernel
         ``H(X, X)``. A :class:`~ntkprior.linalg.SymmetricPSD` (e.g. ``KernelPrior.psd``) is reused
-        with its ridge and cached factorisations.
+        with its ridge and cached factorisations; a symmetric
+        :class:`~ntkprior.stored.StoredKernel` is used out of core.
     test_train : (n*, n), optional
         ``H(X*, X)``. Without it, predictions are made on the training inputs.
     test : (n*, n*) or (n*,), optional
@@ -74,7 +80,7 @@ class KernelBlocks:
     test: Any = None
 
     def __post_init__(self):
-        if isinstance(self.train, SymmetricPSD):      # already validated, maybe factorised: reuse
+        if isinstance(self.train, SymmetricPSD) or is_stored_kernel(self.train):   # used as it is
             n = self.train.n
         else:
             train = _matrix(self.train, "train", (None, None))
@@ -278,6 +284,71 @@ class _PrecomputedSource(KernelSource):
                              f"{n} inputs; pass the inputs the matrices were computed on")
 
 
+class _StoredSource(_PrecomputedSource):
+    """Stored train-train kernels, one per kind, on the inputs of the stores; test blocks given
+    in a KernelBlocks, or computed from the architecture each store records."""
+
+    def __init__(self, blocks: dict[str, KernelBlocks]):
+        self._blocks = blocks
+        self.names = tuple(blocks)
+        self.description = "the stored kernel" + ("s" if len(blocks) > 1 else "")
+        self.x = next(iter(blocks.values())).train.x1
+        if any(not torch.equal(b.train.x1, self.x) for b in blocks.values()):
+            raise ValueError("arch_or_kernel: the stored kernels were computed on different inputs "
+                             "(their x1 differ); compute them on the same inputs")
+
+    def blocks(self, names, x_train=None, x_test=None, *, test="full"):
+        names = self._check_names(names)
+        if x_train is not None and not torch.equal(as_inputs(x_train, "x_train"), self.x):
+            raise ValueError("x_train: differs from the inputs the stored kernel was computed on; pass "
+                             "None (the store's own inputs, stored.x1) or exactly those inputs")
+        chosen = {k: self._blocks[k] for k in names}
+        missing = [k for k in names if chosen[k].test_train is None]
+        if x_test is not None and missing:
+            computed = self._test_blocks_from_architecture(missing, x_test, test)
+            chosen.update({k: KernelBlocks(chosen[k].train, *computed[k]) for k in missing})
+        return _PrecomputedSource(chosen).blocks(names, None, x_test, test=test)
+
+    def _test_blocks_from_architecture(self, names, x_test, test):
+        """``(H(X*, X), H(X*, X*) or its diagonal or None)`` per name, one kernel call per architecture."""
+        by_spec: dict[str, list[str]] = {}
+        for k in names:
+            by_spec.setdefault(self._blocks[k].train.spec, []).append(k)
+        out = {}
+        for group in by_spec.values():
+            arch = self._blocks[group[0]].train.architecture()
+            out.update(resolve_kernels(arch).test_blocks(group, self.x, x_test, test=test))
+        return out
+
+
+def _holds_store(value) -> bool:
+    return is_stored_kernel(value) or (isinstance(value, KernelBlocks) and is_stored_kernel(value.train))
+
+
+def _stored_source(entries: dict[str | None, Any]) -> _StoredSource:
+    """Name each stored kernel by its kind (a dict key must agree with it)."""
+    blocks = {}
+    for key, value in entries.items():
+        name = "arch_or_kernel" if key is None else f"arch_or_kernel[{key!r}]"
+        if not _holds_store(value):
+            raise ValueError(f"{name}: mixes an in-memory kernel with stored ones; store both kernels, or "
+                             "load the stored one into memory (stored.load())")
+        block = value if isinstance(value, KernelBlocks) else KernelBlocks(value)
+        store = block.train
+        if not store.symmetric:
+            raise ValueError(f"{name}: {store.location!r} is a cross kernel of shape {store.shape}; a "
+                             "stored kernel is used as the train-train kernel K(x, x): compute it with "
+                             "x2=None (pass cross kernels as KernelBlocks(stored, test_train=...))")
+        if key is not None and key != store.kind:
+            raise ValueError(f"{name}: {store.location!r} holds the {store.kind}, not the {key}; "
+                             f"pass it as {{{store.kind!r}: ...}}")
+        if store.kind in blocks:
+            raise ValueError(f"arch_or_kernel: two stored kernels are both the {store.kind}; pass one "
+                             "NTK and one NNGP")
+        blocks[store.kind] = block
+    return _StoredSource(blocks)
+
+
 def _as_blocks(value, name: str) -> KernelBlocks:
     if isinstance(value, KernelBlocks):
         return value
@@ -314,14 +385,20 @@ def resolve_kernels(arch_or_kernel, *, progress: bool = False) -> KernelSource:
     obj = arch_or_kernel
     if isinstance(obj, KernelSource):
         return obj
+    if is_stored_kernel(obj):
+        return _stored_source({None: obj})
     if isinstance(obj, dict):
         unknown = [k for k in obj if k not in KERNEL_NAMES]
         if unknown or not obj:
             raise ValueError(f"arch_or_kernel: a dict of precomputed kernels needs keys 'nngp' and/or "
                              f"'ntk', got {list(obj)}")
-        return _PrecomputedSource({k: _as_blocks(v, f"arch_or_kernel[{k!r}]") for k, v in obj.items()})
+        blocks = {k: _as_blocks(v, f"arch_or_kernel[{k!r}]") for k, v in obj.items()}
+        if any(_holds_store(b) for b in blocks.values()):
+            return _stored_source(blocks)
+        return _PrecomputedSource(blocks)
     if isinstance(obj, (KernelBlocks, tuple, list)) or _is_matrix(obj):
-        return _PrecomputedSource({None: _as_blocks(obj, "arch_or_kernel")})
+        blocks = _as_blocks(obj, "arch_or_kernel")
+        return _stored_source({None: blocks}) if _holds_store(blocks) else _PrecomputedSource({None: blocks})
     if isinstance(obj, torch.nn.Module):
         return _module_source(obj, progress)
     kernel_method = getattr(obj, "kernel", None)
@@ -333,7 +410,8 @@ def resolve_kernels(arch_or_kernel, *, progress: bool = False) -> KernelSource:
                                symmetric_call=True)
     if is_kernel_operator(obj):
         raise ValueError(f"arch_or_kernel: {type(obj).__name__} is a matrix-free kernel operator; "
-                         "only eigenmodes() accepts those. Load it as a matrix for this function")
+                         "only eigenmodes() accepts those (an ntkprior.stored.StoredKernel is accepted "
+                         "everywhere). Load it as a matrix for this function")
     if callable(obj):
         return _FunctionSource(obj, f"kernel function {getattr(obj, '__name__', type(obj).__name__)}",
                                None)

@@ -8,8 +8,10 @@ distribution the inputs were drawn from.
 
 Up to ``DENSE_LIMIT`` inputs the decomposition is dense (LAPACK ``evr``); beyond, the top k
 eigenpairs are found by Lanczos iteration (ARPACK) using only products with the kernel matrix,
-so nothing larger than the kernel itself is formed. An object with ``.shape`` and ``.matvec(v)``
-(e.g. a kernel stored out of core) is accepted as the kernel, and is used the same way.
+so nothing larger than the kernel itself is formed. A kernel stored out of core
+(:class:`ntkprior.stored.StoredKernel`) uses its own block Lanczos (few passes over the store),
+and its eigenfunctions the architecture the store records. Any other object with ``.shape``
+and ``.matvec(v)`` is accepted as the kernel and used through ARPACK.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from ntkprior.data import as_inputs, to_tensor
 from ntkprior.linalg import (IllConditionedWarning, as_symmetric_psd, check_symmetric, finite_or_raise,
-                             fix_signs, symmetry_rtol, user_stacklevel)
+                             fix_signs, is_stored_kernel, symmetry_rtol, user_stacklevel)
 from ntkprior.sources import KernelSource, check_kernel_name, is_kernel_operator, resolve_kernels
 
 __all__ = ["Eigenmodes", "eigenmodes", "count_sign_changes", "DENSE_LIMIT"]
@@ -110,6 +112,13 @@ def _check_k(k, n: int, dense: bool) -> int:
     return int(k)
 
 
+def _check_stored_k(k, n: int) -> int:
+    if k is None:
+        raise ValueError(f"k: pass the number of eigenpairs wanted; a stored kernel gives its top k by "
+                         f"block Lanczos, not all n = {n} (method='dense' loads it into memory)")
+    return _check_k(k, n, dense=True)
+
+
 def _lanczos(matvec, n: int, k: int, tol: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k eigenpairs of a symmetric operator by ARPACK's implicitly restarted Lanczos."""
     op = scipy.sparse.linalg.LinearOperator(
@@ -122,7 +131,7 @@ def _lanczos(matvec, n: int, k: int, tol: float, seed: int) -> tuple[torch.Tenso
     return torch.from_numpy(w[order].copy()), fix_signs(torch.from_numpy(v[:, order].copy()))
 
 
-def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str = "ntk", *,
+def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str | None = None, *,
                method: str = "auto", tol: float = 0.0, seed: int = 0,
                progress: bool = False) -> Eigenmodes:
     """The top-k eigenpairs of a kernel on inputs x, largest first.
@@ -130,35 +139,48 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str = "ntk"
     Parameters
     ----------
     arch_or_kernel :
-        Architecture, kernel callable, torch module, precomputed matrix or KernelBlocks (see
-        :mod:`ntkprior.sources`), or an operator with ``.shape`` and ``.matvec(v)``.
-    x : (n, d), optional for matrices and operators
+        Architecture, kernel callable, torch module, precomputed matrix or KernelBlocks, stored
+        kernel (see :mod:`ntkprior.sources`), or an operator with ``.shape`` and ``.matvec(v)``.
+    x : (n, d), optional for matrices, operators and stored kernels (which know their inputs)
     k : int or None
         Number of eigenpairs (None: all, dense only).
-    kernel : "ntk" or "nngp"
+    kernel : "ntk", "nngp" or None
+        None: the NTK, or the only kernel the source has (a stored NNGP, say).
     method : "auto" | "dense" | "lanczos"
-        "auto": dense up to ``DENSE_LIMIT`` inputs, Lanczos beyond (and always for operators).
+        "auto": dense up to ``DENSE_LIMIT`` inputs, Lanczos beyond (and always for operators and
+        stored kernels; "dense" loads a stored kernel into memory).
     tol, seed :
-        Lanczos relative accuracy (0: machine precision) and the seed of its start vector.
+        Lanczos relative accuracy (0: machine precision) and the seed of its start vector. For a
+        stored kernel, block Lanczos stops when every residual ``‖Hv − λv‖ <= tol·λ_1`` (tol 0:
+        1e-8), which bounds each eigenvalue's error by that and each vector's angle by it
+        divided by the spectral gap (:meth:`ntkprior.stored.StoredKernel.eigsh`).
 
     Returns
     -------
     Eigenmodes with ``.values`` (descending), ``.vectors`` (n, k) and ``.functions(x_new)``.
     """
-    check_kernel_name(kernel)
+    if kernel is not None:
+        check_kernel_name(kernel)
     if method not in ("auto", "dense", "lanczos"):
         raise ValueError(f"method: expected 'auto', 'dense' or 'lanczos', got {method!r}")
-    if is_kernel_operator(arch_or_kernel):
+    if is_kernel_operator(arch_or_kernel) and not is_stored_kernel(arch_or_kernel):
         n = int(arch_or_kernel.shape[0])
         w, v = _lanczos(arch_or_kernel.matvec, n, _check_k(k, n, dense=False), tol, seed)
-        return Eigenmodes(w.clamp(min=0), v, kernel, None if x is None else as_inputs(x, "x"))
+        return Eigenmodes(w.clamp(min=0), v, kernel or "ntk", None if x is None else as_inputs(x, "x"))
     source = resolve_kernels(arch_or_kernel, progress=progress)
+    if kernel is None:
+        kernel = source.names[0] if source.names is not None and "ntk" not in source.names else "ntk"
     label = kernel if source.names is not None else "kernel"      # Eigenmodes.kernel
     matrix = source.matrix(kernel, x)
+    x_kept = None if x is None else as_inputs(x, "x")
+    if is_stored_kernel(matrix):
+        if method != "dense":
+            values, vectors = matrix.eigsh(_check_stored_k(k, matrix.n), tol=tol or 1e-8, seed=seed)
+            return Eigenmodes(values.clamp(min=0), vectors, label, matrix.x1, source, kernel)
+        matrix, x_kept = matrix.load(), matrix.x1
     n = matrix.n if not isinstance(matrix, torch.Tensor) else matrix.shape[0]
     dense = method == "dense" or (method == "auto" and n <= DENSE_LIMIT)
     k = _check_k(k, n, dense)
-    x_kept = None if x is None else as_inputs(x, "x")
     if dense:
         w, v = as_symmetric_psd(matrix, f"{source.label(kernel)} of the inputs").eigh()
         values, vectors = w[n - k:].flip(0), v[:, n - k:].flip(1)     # copies only n x k

@@ -159,6 +159,39 @@ class StoredKernel:
         """The column inputs (``x1`` for a symmetric kernel)."""
         return self.x1 if self.symmetric else torch.from_numpy(self._group["x2"][...])
 
+    def architecture(self):
+        """The architecture the kernel was computed from, read back from ``spec``: to evaluate
+        the same kernel at new inputs (test points, eigenfunctions).
+
+        Checked against the store: the rebuilt kernel must reproduce the stored entries
+        among the first 8 inputs to 1e-10 of their largest magnitude (the tiles and a
+        whole-matrix call differ by round-off only, ~1e-15). Raises a ``ValueError`` for an
+        empirical NTK (a model's parameters are not in the store) and for a spec that does
+        not read back or does not reproduce the store (e.g. a custom ``Elementwise``
+        activation, or an object that only looked like an architecture).
+        """
+        from .spec import parse_spec
+        fix = ("; compute the kernel between the new inputs and x1 yourself and pass it: "
+               "KernelBlocks(stored, test_train=K(x_new, x1), test=K(x_new, x_new)) to predict, "
+               "Eigenmodes.functions(cross=K(x_new, x1)) for eigenfunctions")
+        if self.spec.startswith("empirical "):
+            raise ValueError(f"store: {self.location!r} holds an empirical NTK ({self.spec.split(':')[0]}), "
+                             f"which cannot be evaluated at new inputs from the store{fix}")
+        try:
+            arch = parse_spec(self.spec)
+        except ValueError as exc:
+            raise ValueError(f"store: {self.location!r} records the architecture spec {self.spec!r}, "
+                             f"which does not read back ({str(exc).splitlines()[0]}){fix}") from None
+        m = min(8, self.block, *self.shape)         # within the first tile, stored whole
+        rebuilt = arch.kernel(self.x1[:m], None if self.symmetric else self.x2[:m])[self.kind].numpy()
+        stored = self._array[:m, :m]
+        error = float(np.abs(rebuilt - stored).max())
+        if not error <= 1e-10 * float(np.abs(stored).max()):
+            raise ValueError(f"store: {self.location!r}: the architecture read back from its spec "
+                             f"{self.spec!r} does not reproduce the stored kernel (max difference "
+                             f"{error:.3g} on the first {m} inputs){fix}")
+        return arch
+
     def regularised(self, diag_reg: float, reg: str = "relative") -> "StoredKernel":
         """A view of ``K + ridge·I``: ridge = ``diag_reg · mean(diag K)`` (``reg="relative"``,
         the project's convention) or ``diag_reg`` (``reg="absolute"``)."""
