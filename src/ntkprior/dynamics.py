@@ -139,7 +139,7 @@ class LinearizedDynamics:
                 raise ValueError("f0_test: given without theta_test_train; pass the test-train kernel too")
             return None
         shape = (self.theta_test_train.shape[0], self.y.shape[1])
-        return torch.zeros(shape, dtype=self.y.dtype) if f0_test is None else _outputs(f0_test, shape, "f0_test")
+        return torch.zeros(shape, dtype=self.y.dtype, device=self.y.device) if f0_test is None else _outputs(f0_test, shape, "f0_test")
 
     # ------------------------------------------------------------------ spectra
     @property

@@ -406,7 +406,8 @@ class Serial:
         in O(n) memory. Rows are processed in blocks whose temporaries stay within
         ``max_memory`` (bytes or '512MB'), and small enough to stay in cache.
         Returns per-output-unit kernels (every output unit of the last Dense layer has
-        the same kernel and distinct units are independent).
+        the same kernel and distinct units are independent), on ``x1``'s device (a GPU when
+        ``x1`` is a CUDA tensor; ``x2`` is moved there).
         """
         x1 = as_inputs(x1, "x1")
         if diagonal:
@@ -416,12 +417,12 @@ class Serial:
             self._propagate(state)
             return Kernels(state.cov, state.ntk)
         symmetric = x2 is None
-        x2 = x1 if symmetric else as_inputs(x2, "x2")
+        x2 = x1 if symmetric else as_inputs(x2, "x2", device=x1.device)
         check_same_features(x1, x2)
         n1, n2 = x1.shape[0], x2.shape[0]
         rows = block_rows or _block_rows(n2, parse_memory(max_memory))
-        nngp = torch.empty(n1, n2, dtype=x1.dtype)
-        ntk = torch.empty(n1, n2, dtype=x1.dtype)
+        nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
+        ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
         starts = range(0, n1, rows)
         if progress:
             from tqdm.auto import tqdm

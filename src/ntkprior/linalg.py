@@ -150,7 +150,7 @@ def fix_signs(vectors: torch.Tensor) -> torch.Tensor:
         block = vectors[:, j:j + _ROW_BLOCK]
         mag = block.abs()
         first = (mag >= (1 - 1e-6) * mag.max(dim=0).values).to(torch.int8).argmax(dim=0)
-        signs = torch.sign(block[first, torch.arange(block.shape[1])])
+        signs = torch.sign(block[first, torch.arange(block.shape[1], device=block.device)])
         signs[signs == 0] = 1.0
         block.mul_(signs)
     return vectors

@@ -526,7 +526,8 @@ class _Regression:
         """``H*X``; on the training set the caller's H (the factorised matrix minus its ridge)."""
         if self._cross is not None:
             return self._cross
-        return self.psd.matrix - self.psd.diagonal_shift * torch.eye(self.psd.n, dtype=torch.float64)
+        m = self.psd.matrix
+        return m - self.psd.diagonal_shift * torch.eye(self.psd.n, dtype=torch.float64, device=m.device)
 
     def weights(self, rates: torch.Tensor | None) -> torch.Tensor:
         """``A`` with ``g = I`` (converged; rates None, by Cholesky), or for each ``rate = eta t / m``
@@ -537,7 +538,7 @@ class _Regression:
             shift, n = self.psd.diagonal_shift, self.psd.n
             if self._cross is not None:
                 return self.psd.solve(self._cross.T).T
-            eye = torch.eye(n, dtype=torch.float64)
+            eye = torch.eye(n, dtype=torch.float64, device=self.psd.matrix.device)
             return eye if shift == 0 else eye - shift * self.psd.solve(eye)
         w, v = self.psd.eigh()
         if self._cross is None:
@@ -552,6 +553,7 @@ def _flow_filter(w: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
 
     The limit at lambda = 0 is ``rate`` (a zero mode grows linearly); at rate = inf it is 1/lambda.
     """
+    rates = rates.to(w.device)
     positive = w > 0
     safe = torch.where(positive, w, torch.ones_like(w))
     x = rates[:, None] * safe[None, :]
