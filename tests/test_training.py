@@ -56,6 +56,31 @@ def test_vectorised_ensemble_equals_a_loop_of_torch_optim(data, monkeypatch, gro
     np.testing.assert_array_equal(result.diverged_at.numpy(), [-1, -1, -1])
 
 
+@pytest.mark.parametrize("arch", [
+    small_arch(k=1),                                                    # one output: the outer-product path
+    L.serial(L.Dense(6, bias_std=None), L.Tanh(), L.Dense(4, parameterization="standard"), L.LeakyReLU(0.2),
+             L.Dense(3, bias_std=0.3)),                                 # no bias, standard, generic activations
+    L.serial(L.Dense(2, weight_std=1.3, bias_std=0.5)),                 # a linear model: one shared-input layer
+], ids=["relu-erf-k1", "tanh-leaky-standard", "linear"])
+def test_hand_written_backward_equals_autograd(arch, rng):
+    """ntkprior._stacked's forward and backward for stacked networks against each torch.nn
+    network's own forward and autograd gradients (float64: round-off only)."""
+    from torch.func import stack_module_state
+    from ntkprior import _stacked
+    x = torch.as_tensor(rng.normal(size=(9, 4)))
+    models = [arch.build(4, seed=s) for s in range(3)]
+    params = {name: p.detach().clone() for name, p in stack_module_state(models)[0].items()}
+    plan, workspace = _stacked.dense_plan(models[0]), _stacked.Workspace()
+    out = _stacked.forward(plan, params, x, workspace)
+    cotangent = torch.as_tensor(rng.normal(size=tuple(out.shape)))
+    _stacked.backward(plan, params, workspace, cotangent)
+    for i, net in enumerate(models):
+        torch.testing.assert_close(out[i], net(x).detach(), rtol=0, atol=1e-13)
+        net(x).backward(cotangent[i])
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(params[name].grad[i], p.grad, rtol=0, atol=1e-13)
+
+
 class TorchArch:
     """An "architecture" of plain torch.nn layers: exercises the generic (vmap) path of train."""
 

@@ -33,12 +33,12 @@ from torch.func import functional_call, linearize, stack_module_state, vjp, vmap
 from .data import as_inputs, as_labels, check_same_features
 from .dynamics import LinearizedDynamics, check_positive
 from .empirical import empirical_ntk
-from .layers import DenseModule, ElementwiseModule
+from . import _stacked as stacked
 from .linalg import SymmetricPSD
 
 OPTIMIZERS = ("gd", "sgd")
 #: largest activation of one group of ensemble members (bytes); measured fastest between 1 and 4 MB
-_GROUP_BYTES = 2 << 20
+_GROUP_BYTES = 1 << 20
 #: number of recorded steps (log-spaced, plus step 0) when ``record`` is not given
 DEFAULT_RECORDS = 20
 
@@ -101,12 +101,13 @@ class _Group:
     Linearised, the group computes ``f(θ0) + J(θ0)(θ − θ0)``: ``J(θ0)`` applied by
     ``torch.func.linearize`` (the jvp traced once at θ0, then replayed: 100x faster per step than
     ``torch.func.jvp``, which re-derives it every call) and gradients ``J(θ0)ᵀ cotangent`` by one
-    ``torch.func.vjp`` at θ0, reused every step. Otherwise outputs and gradients come from autograd
-    at the current parameters.
+    ``torch.func.vjp`` at θ0, reused every step. Otherwise outputs and gradients at the current
+    parameters come from the hand-written backward pass of :mod:`ntkprior._stacked` (ntkprior's
+    own networks: preallocated buffers, no autograd) or from autograd (any other module).
     """
 
     def __init__(self, models: list[torch.nn.Module], linearized: bool, x_train: torch.Tensor,
-                 x_test: torch.Tensor | None):
+                 x_test: torch.Tensor | None, workspace: stacked.Workspace):
         params, self.buffers = stack_module_state(models)
         self.params = {name: p.detach().clone() for name, p in params.items()}
         self.theta0 = {name: p.clone() for name, p in self.params.items()}
@@ -115,19 +116,20 @@ class _Group:
         self.inputs = {"train": x_train, "test": x_test}
         self.linearized = linearized
         self._skeleton = copy.deepcopy(models[0]).to("meta")
-        self._dense = _dense_plan(models[0])
+        self._dense = stacked.dense_plan(models[0])
+        self._workspace = workspace
         if linearized:
             _, self._vjp = vjp(lambda p: self.forward(p, x_train), self.theta0)
             self._linear = {key: _linearize(lambda p, x=x: self.forward(p, x), self.theta0)
                             for key, x in self.inputs.items() if x is not None}
-        else:
+        elif self._dense is None:          # ntkprior's own networks have a hand-written backward
             for p in self.params.values():
                 p.requires_grad_(True)
 
     def forward(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """Outputs of every member on ``x`` at ``params``: (size, n, k)."""
         if self._dense is not None:
-            return _dense_forward(self._dense, params, x)
+            return stacked.forward(self._dense, params, x)
 
         def one(p, b):
             return functional_call(self._skeleton, (p, b), (x,))
@@ -137,6 +139,8 @@ class _Group:
         """Outputs on the training inputs, keeping what ``backward`` needs."""
         if self.linearized:
             return self.outputs("train")
+        if self._dense is not None:        # a copy: the next group reuses the workspace
+            return stacked.forward(self._dense, self.params, self.inputs["train"], self._workspace).clone()
         self._out = self.forward(self.params, self.inputs["train"])
         return self._out.detach()
 
@@ -148,11 +152,22 @@ class _Group:
                 return f0 + jvp_at_theta0({name: self.params[name] - self.theta0[name] for name in self.params})
             return self.forward(self.params, self.inputs[key])
 
+    def train_step(self, y_train: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """Outputs on the training inputs; with per-member loss weights (size, n), also the
+        gradients of ``½ Σ_i weight_i ‖f(x_i) − y_i‖² / k`` (the loss over the m = n·k outputs)."""
+        out = self.train_outputs()
+        if weight is not None:
+            self.backward(weight[:, :, None] * (out - y_train) / y_train.shape[1])
+        return out
+
     def backward(self, cotangent: torch.Tensor) -> None:
         """Set each parameter's ``.grad`` to ``Jᵀ cotangent`` (J at θ0 when linearised)."""
         if self.linearized:
             for name, g in self._vjp(cotangent)[0].items():
                 self.params[name].grad = g
+            return
+        if self._dense is not None:
+            stacked.backward(self._dense, self.params, self._workspace, cotangent)
             return
         for p in self.params.values():
             p.grad = None
@@ -183,7 +198,10 @@ def _group_size(model: torch.nn.Module, x: torch.Tensor, ensemble: int) -> int:
 
     One batch of 256 width-512 networks on 64 points streams 33 MB temporaries through memory in
     every elementwise operation; groups of 16 keep them in cache and ran 3x faster (2 cores, float32).
+    On a GPU one group holds the whole ensemble: its kernels need large batches to fill the device.
     """
+    if x.device.type != "cpu":
+        return ensemble
     largest = [x.numel()]
     hooks = [m.register_forward_hook(lambda mod, inp, out: largest.append(out.numel()))
              for m in model.modules() if not list(m.children())]
@@ -195,38 +213,6 @@ def _group_size(model: torch.nn.Module, x: torch.Tensor, ensemble: int) -> int:
             h.remove()
     per_member = max(largest) * x.element_size()
     return max(1, min(ensemble, _GROUP_BYTES // per_member))
-
-
-def _dense_plan(model: torch.nn.Module) -> list | None:
-    """ntkprior's own networks (a Sequential of DenseModule and ElementwiseModule) as a list of
-    layers for :func:`_dense_forward`: a callable for an activation, (weight name, bias name or
-    None, weight scale, bias scale) for a Dense layer. None for any other model (vmap is used)."""
-    if type(model) is not torch.nn.Sequential:
-        return None
-    plan = []
-    for name, m in model.named_children():
-        if type(m) is DenseModule:
-            plan.append((f"{name}.weight", None if m.bias is None else f"{name}.bias", m.weight_scale, m.bias_scale))
-        elif type(m) is ElementwiseModule:
-            plan.append(m.fn)
-        else:
-            return None
-    return plan
-
-
-def _dense_forward(plan: list, params: dict, x: torch.Tensor) -> torch.Tensor:
-    """``DenseModule.forward`` for stacked parameters: one batched matrix product per layer, which
-    avoids vmap's per-call overhead (it dominates for the small networks of dynamics studies)."""
-    h = x
-    for layer in plan:
-        if callable(layer):
-            h = layer(h)
-            continue
-        weight, bias, weight_scale, bias_scale = layer
-        h = torch.matmul(h, params[weight].transpose(-1, -2)) * weight_scale
-        if bias is not None:
-            h = h + bias_scale * params[bias][:, None, :]
-    return h
 
 
 def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate: float = 0.1,
@@ -286,19 +272,21 @@ def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate:
     models = [arch.build(d, seed=s, dtype=dtype, device=device) for s in seeds]
     _check_output_width(models[0], x_train, y_train)
     size = _group_size(models[0], x_train, ensemble)
-    groups = [_Group(models[i:i + size], linearized, x_train, x_test) for i in range(0, ensemble, size)]
+    workspace = stacked.Workspace()          # groups run one after the other: they share the buffers
+    groups = [_Group(models[i:i + size], linearized, x_train, x_test, workspace) for i in range(0, ensemble, size)]
     opt = torch.optim.SGD([p for g in groups for p in g.params.values()], lr=learning_rate, momentum=momentum)
     rec = _Recorder(len(recorded), ensemble, n, y_train.shape[1],
                     None if x_test is None else x_test.shape[0], dtype, device)
     kernels = _KernelTracker(models[0], x_train, groups, linearized) if track_kernel else None
     diverged_at = torch.full((ensemble,), -1, dtype=torch.int64)
     record_at = {s: j for j, s in enumerate(recorded)}
-    k = y_train.shape[1]
 
+    sizes = [g.size for g in groups]
     for step in _progress(range(steps + 1), progress):
-        out = torch.cat([g.train_outputs() for g in groups])
-        residual = out - y_train
-        loss = 0.5 * residual.pow(2).mean(dim=(1, 2))
+        # each group's forward is followed at once by its backward: their temporaries stay in cache
+        weight = next(weights).split(sizes) if step < steps else [None] * len(groups)
+        out = torch.cat([g.train_step(y_train, w) for g, w in zip(groups, weight)])
+        loss = 0.5 * (out - y_train).pow(2).mean(dim=(1, 2))
         newly = (~torch.isfinite(loss)).cpu() & (diverged_at < 0)
         diverged_at[newly] = step
         if step in record_at:
@@ -309,9 +297,6 @@ def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate:
                 rec.kernel_change[:, j] = kernels.change(diverged_at)
         if step == steps:
             break
-        cotangent = next(weights)[:, :, None] * residual / k
-        for g, c in zip(groups, cotangent.split([g.size for g in groups])):
-            g.backward(c)
         opt.step()
 
     _warn_diverged(diverged_at, learning_rate)
