@@ -83,7 +83,7 @@ def kernel_block(source: TileSource, x_rows: torch.Tensor, x_cols: torch.Tensor 
     x_cols = None if x_cols is None else x_cols.clone()
     if source.empirical:
         from .empirical import empirical_ntk
-        values = empirical_ntk(source.obj, x_rows, x_cols, output="trace")
+        values = empirical_ntk(source.obj, x_rows, x_cols, output="mean")
     else:
         values = source.obj.kernel(x_rows, x_cols)[source.kind]
     tile = values.detach().cpu().to(torch.float64).numpy()
@@ -128,7 +128,9 @@ def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zar
     """Compute the kernel ``K(x1, x2)`` blockwise on Dask into the zarr ``store``; resume if it exists.
 
     ``arch_or_model``: an architecture (analytic ``kind="ntk"`` or ``"nngp"``) or a
-    ``torch.nn.Module`` (its empirical NTK summed over outputs, ``output="trace"``).
+    ``torch.nn.Module`` (its empirical NTK per output unit, ``output="mean"``: the trace over
+    the k outputs divided by k, the convention of ``arch.kernel(...).ntk`` and of every function
+    that takes a module as ``arch_or_kernel``).
     ``x2=None`` computes the symmetric K(x1, x1), only the tiles on and above the diagonal.
     ``block``: tile side; a worker holds a few tiles' worth of temporaries (a 4096 tile is
     134 MB). ``client``: None starts a LocalCluster with one single-threaded worker process
