@@ -6,7 +6,7 @@
 1. Training an ensemble of 256 networks of hidden width 512 for 1000 steps of full-batch gradient
    descent on 64 points (inputs N(0, I) in 8 dimensions, labels sin of the first coordinate):
      ntkprior   train(arch, x, y, None, steps, lr, ensemble=256, record=[0, steps], track_kernel=False)
-                (stacked parameters, one batched forward/backward per step)
+                (stacked parameters in cache-sized groups, batched products, a hand-written backward)
      baseline   a Python loop over 256 torch.nn networks (arch.build), each trained by its own
                 torch.optim.SGD: zero_grad, ½·mean loss, backward, step
    Three rows: one hidden layer (dense(512) relu dense(1)); the seed's two hidden layers

@@ -170,11 +170,16 @@ def check_prior(device: str) -> None:
         b = ntp.predict(arch, *on, kind, t=t, learning_rate=0.5)
         fields = [f for f in ("mean", "cov") if getattr(a, f) is not None]
         report(f"predict kind={kind}", [getattr(b, f) for f in fields], [getattr(a, f) for f in fields], 1e-7)
-    a, b = ntp.eigenmodes(arch, x, k=5), ntp.eigenmodes(arch, on[0], k=5)
-    report("eigenmodes values, vectors", (b.values, b.vectors), (a.values, a.vectors), 1e-7)
-    a = ntp.linearized_dynamics(arch, x, y, xt, learning_rate=0.5).at([1.0, 100.0])
-    b = ntp.linearized_dynamics(arch, *on, learning_rate=0.5).at([1.0, 100.0])
-    report("linearized_dynamics outputs", (b.train_outputs, b.test_outputs), (a.train_outputs, a.test_outputs), 1e-7)
+    for method in ("dense", "lanczos"):
+        a, b = ntp.eigenmodes(arch, x, k=5, method=method), ntp.eigenmodes(arch, on[0], k=5, method=method)
+        report(f"eigenmodes method={method} values, vectors", (b.values, b.vectors), (a.values, a.vectors), 1e-7)
+    times = [1.0, 100.0, float("inf")]
+    a = ntp.linearized_dynamics(arch, x, y, xt, learning_rate=0.5)
+    b = ntp.linearized_dynamics(arch, *on, learning_rate=0.5)
+    report("linearized_dynamics outputs", (b.at(times).train_outputs, b.at(times).test_outputs),
+           (a.at(times).train_outputs, a.at(times).test_outputs), 1e-7)
+    report("linearized_dynamics decay, mode_convergence", (b.decay(times[:2]), b.mode_convergence(times[:2])),
+           (a.decay(times[:2]), a.mode_convergence(times[:2])), 1e-9)
 
 
 def timings(device: str) -> None:

@@ -153,7 +153,7 @@ class LinearizedDynamics:
         learned once this exceeds a few (its residual is then e^{−ηλ_i t/m} of the start)."""
         times = _as_times(t, self.method)
         rate = self.learning_rate * self.eigenvalues / self.m
-        return torch.from_numpy(times)[:, None] * rate[None, :]
+        return torch.from_numpy(times).to(rate.device)[:, None] * rate[None, :]
 
     def decay(self, t) -> torch.Tensor:
         """``g(λ_i, t)``, the factor by which mode i of the training residual is multiplied
@@ -165,7 +165,7 @@ class LinearizedDynamics:
         """g = decay factor and ``(1 − g)/λ`` (the filter of Θ⁻¹(I − G_t)), both (T, n)."""
         lam = self.eigenvalues
         x = (self.learning_rate / self.m) * lam[None, :]                  # (1, n)
-        t = times[:, None].to(lam.dtype)                                  # (T, 1)
+        t = times[:, None].to(lam.device, lam.dtype)                      # (T, 1)
         if self.method == "flow":
             xt = torch.where(x > 0, x * t, torch.zeros_like(t))          # avoid 0·inf
             one_minus_g = -torch.expm1(-xt)
@@ -193,7 +193,7 @@ class LinearizedDynamics:
             test = self.f0_test[None] - _combine(self._test_basis, gain[:, :, None] * self._initial_modes[None])
             infinite = np.isinf(times)
             if infinite.any():
-                test[torch.from_numpy(infinite)] = self._converged_test_outputs()
+                test[torch.from_numpy(infinite).to(test.device)] = self._converged_test_outputs()
         loss = 0.5 * modes.pow(2).sum(dim=(1, 2)) / self.m
         if self._full is not None:
             train, test = self._full.unflatten(train), self._full.unflatten(test)

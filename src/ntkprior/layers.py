@@ -420,7 +420,7 @@ class Serial:
         x2 = x1 if symmetric else as_inputs(x2, "x2", device=x1.device)
         check_same_features(x1, x2)
         n1, n2 = x1.shape[0], x2.shape[0]
-        rows = block_rows or _block_rows(n2, parse_memory(max_memory))
+        rows = block_rows or _block_rows(n2, parse_memory(max_memory), cpu=x1.device.type == "cpu")
         nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
         ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
         starts = range(0, n1, rows)
@@ -449,12 +449,15 @@ _TILE_BYTES = 4 << 20
 _TEMPORARIES = 6
 
 
-def _block_rows(n2: int, max_memory: int, itemsize: int = 8) -> int:
-    """Rows per block: each temporary about ``_TILE_BYTES``, all of them within ``max_memory``."""
+def _block_rows(n2: int, max_memory: int, itemsize: int = 8, cpu: bool = True) -> int:
+    """Rows per block: all temporaries within ``max_memory``, and on the CPU each about
+    ``_TILE_BYTES`` (cache-sized); a GPU wants the largest blocks memory allows."""
     per_row = _TEMPORARIES * itemsize * n2
     if per_row > max_memory:
         raise ValueError(f"max_memory: {max_memory} bytes cannot hold even one row of the kernel "
                          f"against {n2} columns (needs {per_row}); raise max_memory")
+    if not cpu:
+        return max_memory // per_row
     return max(1, min(max_memory // per_row, _TILE_BYTES // (itemsize * n2)))
 
 

@@ -188,7 +188,8 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str | None 
         if not isinstance(matrix, torch.Tensor):
             matrix = matrix.matrix
         check_symmetric(matrix, f"{source.label(kernel)} of the inputs", symmetry_rtol(matrix))
-        values, vectors = _lanczos(lambda b: matrix @ b, n, k, tol, seed)
+        values, vectors = _lanczos(lambda b: (matrix @ b.to(matrix.device)).cpu(), n, k, tol, seed)
+        values, vectors = values.to(matrix.device), vectors.to(matrix.device)
         values = values.clamp(min=0)
     keep_source = x_kept is not None and not source.precomputed
     return Eigenmodes(values, vectors, label, x_kept, source if keep_source else None, kernel)
