@@ -1,7 +1,8 @@
 """Kernel matrices on Dask into zarr stores, and the streamed operators over them.
 
     python benchmarks/bench_distributed.py [--n 30000] [--overhead-n 8000] [--workers 2]
-        [--block 4096] [--overhead-block 2000] [--k 20] [--diag-reg 1e-2] [--store-dir /tmp]
+        [--block 4096] [--overhead-block 2000] [--k 20] [--diag-reg 1e-2] [--test-points 200]
+        [--store-dir /tmp]
         [--skip-scale] [--skip-overhead]
 
 Architecture: Dense(512, 1.5, 0.05) ReLU Dense(512, 1.5, 0.05) ReLU Dense(1, 1.5, 0.05) (the
@@ -20,7 +21,9 @@ depth-3 ReLU NTK of bench_kernels.py) on X ~ N(0, 1) of shape (n, 10), float64.
    when its venv exists.
 2. Scale at n = --n: the kernel into a zarr store on the default LocalCluster, then the top --k
    eigenpairs (block Lanczos) and a CG solve of (K + ridge·I) x = y with the Nyström
-   preconditioner, ridge = --diag-reg · mean(diag K). Wall times, passes over the store, and the
+   preconditioner, ridge = --diag-reg · mean(diag K); then what a user calls with the store:
+   ``KernelPrior(stored).log_prob(y, return_std=True)`` and ``predict(stored, None, y, x_test,
+   kind="ntkgp")`` at --test-points points. Wall times, passes over the store, and the
    peak resident memory (``ru_maxrss``) of every process: each worker (asked through
    ``client.run`` before the cluster closes) and the process running the operators. The main
    process's figures come from a fresh process, so nothing else inflates them. Bound stated:
@@ -166,7 +169,25 @@ def scale_operators(a) -> dict:
     residual = float(np.linalg.norm(op.matvec(sol).numpy() - y) / np.linalg.norm(y))
     return {"eigsh_s": eig_s, "eigsh_passes": eig_passes, "top_eigenvalues": values[:3].tolist(),
             "solve_s": solve_s, "solve_passes": solve_passes, "solve_relative_residual": residual,
-            "operators_peak_bytes": common.peak_rss()}
+            **user_calls(a, stored, counter, y), "operators_peak_bytes": common.peak_rss()}
+
+
+def user_calls(a, stored, counter, y) -> dict:
+    """What a user calls with the store: KernelPrior.log_prob (CG + stochastic log det, with its
+    standard error) and the converged NTK-GP posterior at --test-points points (one block CG)."""
+    from ntkprior.prior import KernelPrior, predict
+    counter.passes = 0
+    t0 = time.perf_counter()
+    value, std = KernelPrior(stored, diag_reg=a.diag_reg).log_prob(y, return_std=True)
+    prior_s, prior_passes = time.perf_counter() - t0, counter.passes
+    x_test = inputs(a.test_points + 1, a.d)[1:] * 1.1        # new points near the data
+    counter.passes = 0
+    t0 = time.perf_counter()
+    post = predict(stored, None, y, x_test, kind="ntkgp", diag_reg=a.diag_reg)
+    predict_s, predict_passes = time.perf_counter() - t0, counter.passes
+    return {"log_prob": value, "log_prob_std": std, "log_prob_s": prior_s, "log_prob_passes": prior_passes,
+            "predict_s": predict_s, "predict_passes": predict_passes,
+            "predict_std_range": [float(post.std.min()), float(post.std.max())]}
 
 
 def gb(nbytes: float) -> str:
@@ -184,6 +205,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--diag-reg", type=float, default=1e-2)
+    p.add_argument("--test-points", type=int, default=200)
     p.add_argument("--store-dir", default="/tmp")
     p.add_argument("--skip-scale", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
@@ -235,6 +257,11 @@ def main() -> None:
               f"λ1..3 = {', '.join(f'{v:.5g}' for v in o['top_eigenvalues'])}")
         print(f"   CG solve         : {o['solve_s']:8.1f} s  ({o['solve_passes']} passes incl. the Nyström "
               f"sketch), ridge {a.diag_reg:g}·mean diag, relative residual {o['solve_relative_residual']:.1e}")
+        print(f"   KernelPrior.log_prob: {o['log_prob_s']:8.1f} s  ({o['log_prob_passes']} passes: CG + SLQ); "
+              f"{o['log_prob']:.6g} ± {o['log_prob_std']:.2g} (stochastic log det)")
+        print(f"   predict ntkgp, {a.test_points} test points: {o['predict_s']:8.1f} s  "
+              f"({o['predict_passes']} passes, one block CG); posterior std "
+              f"{o['predict_std_range'][0]:.3g}..{o['predict_std_range'][1]:.3g}")
         peaks = {**{f"worker {i}": v for i, v in enumerate(s["worker_peak_bytes"])},
                  "client (kernel run)": s["client_peak_bytes"], "operators process": o["operators_peak_bytes"]}
         for name, value in peaks.items():
