@@ -62,28 +62,28 @@ class Workspace:
         return t
 
 
-def _out(buffers: Workspace | None, key, shape: tuple, like: torch.Tensor):
-    return None if buffers is None else buffers.get(key, shape, like)
+def _out(workspace: Workspace | None, key, shape: tuple, like: torch.Tensor):
+    return None if workspace is None else workspace.get(key, shape, like)
 
 
-def forward(plan: list, params: dict, x: torch.Tensor, buffers: Workspace | None = None) -> torch.Tensor:
-    """Outputs (E, n, k) of every member on x (n, d). With ``buffers`` the layers compute into
-    them and their inputs are kept for :func:`backward`; without, the operations are plain torch
+def forward(plan: list, params: dict, x: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
+    """Outputs (E, n, k) of every member on x (n, d). With a ``workspace`` the layers compute into
+    its buffers and their inputs are kept for :func:`backward`; without, the operations are plain torch
     (differentiable by torch.func, as the linearised networks need)."""
     h = x.T.contiguous()                        # (d, n), shared by every member (row-major: faster products)
-    if buffers is not None:
-        buffers.inputs = []
+    if workspace is not None:
+        workspace.inputs = []
     for i, layer in enumerate(plan):
-        if buffers is not None:
-            buffers.inputs.append(h)
+        if workspace is not None:
+            workspace.inputs.append(h)
         if callable(layer):
-            h = torch.clamp_min(h, 0, out=_out(buffers, i, h.shape, h)) if layer is torch.relu else layer(h)
+            h = torch.clamp_min(h, 0, out=_out(workspace, i, h.shape, h)) if layer is torch.relu else layer(h)
         else:
-            h = _dense(layer, params, h, buffers, i)
+            h = _dense(layer, params, h, workspace, i)
     return h.transpose(1, 2)
 
 
-def _dense(layer: tuple, params: dict, h: torch.Tensor, buffers: Workspace | None, i: int) -> torch.Tensor:
+def _dense(layer: tuple, params: dict, h: torch.Tensor, workspace: Workspace | None, i: int) -> torch.Tensor:
     """``s_w · W h + s_b · b`` for stacked W (E, out, in) and h (E, in, n) or shared h (in, n)."""
     weight, bias, s_w, s_b = layer
     w = params[weight]
@@ -91,7 +91,7 @@ def _dense(layer: tuple, params: dict, h: torch.Tensor, buffers: Workspace | Non
     n = h.shape[-1]
     shift = w.new_zeros(()) if bias is None else (s_b * params[bias])[:, :, None]
     beta = 0.0 if bias is None else 1.0
-    z = _out(buffers, i, (e, out_features, n), w)
+    z = _out(workspace, i, (e, out_features, n), w)
     if h.dim() == 2:                            # shared inputs: one (E·out, in) @ (in, n) product
         flat = None if z is None else z.view(e * out_features, n)
         shift = shift.reshape(-1, 1) if bias is not None else shift
@@ -102,14 +102,14 @@ def _dense(layer: tuple, params: dict, h: torch.Tensor, buffers: Workspace | Non
     return z
 
 
-def backward(plan: list, params: dict, buffers: Workspace, cotangent: torch.Tensor) -> None:
+def backward(plan: list, params: dict, workspace: Workspace, cotangent: torch.Tensor) -> None:
     """Set each parameter's ``.grad`` to ``Jᵀ cotangent`` (cotangent (E, n, k) = ∂loss/∂outputs)
-    at the parameters and inputs of the last ``forward(..., buffers)``."""
+    at the parameters and inputs of the last ``forward(..., workspace)``."""
     g = cotangent.transpose(1, 2)               # (E, k, n) = ∂loss/∂z_L
     for i in reversed(range(len(plan))):
-        layer, h = plan[i], buffers.inputs[i]
+        layer, h = plan[i], workspace.inputs[i]
         if callable(layer):
-            g = _activation_backward(layer, h, g, buffers.get(("g", i), h.shape, h))
+            g = _activation_backward(layer, h, g, workspace, ("g", i))
             continue
         weight, bias, s_w, s_b = layer
         w = params[weight]
@@ -119,7 +119,7 @@ def backward(plan: list, params: dict, buffers: Workspace, cotangent: torch.Tens
             torch.sum(g, dim=2, out=grad)
             grad.mul_(s_b)
         if i > 0:
-            g = _input_grad(w, g, s_w, buffers.get(("g", i), (w.shape[0], w.shape[2], g.shape[2]), g))
+            g = _input_grad(w, g, s_w, workspace.get(("g", i), (w.shape[0], w.shape[2], g.shape[2]), g))
 
 
 def _grad_buffer(p: torch.Tensor) -> torch.Tensor:
@@ -148,9 +148,10 @@ def _input_grad(w: torch.Tensor, g: torch.Tensor, s_w: float, out: torch.Tensor)
     return torch.baddbmm(g.new_zeros(()), w.transpose(1, 2), g, beta=0.0, alpha=s_w, out=out)
 
 
-def _activation_backward(fn, z: torch.Tensor, g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``g ⊙ φ'(z)``: in place of a buffer for ReLU, by autograd through φ alone otherwise."""
+def _activation_backward(fn, z: torch.Tensor, g: torch.Tensor, workspace: Workspace, key) -> torch.Tensor:
+    """``g ⊙ φ'(z)``: into the buffer ``key`` for ReLU, by autograd through φ alone otherwise."""
     if fn is torch.relu:
+        out = workspace.get(key, z.shape, z)
         return torch.ops.aten.threshold_backward.grad_input(g, z, 0, grad_input=out)
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
