@@ -113,7 +113,7 @@ def backward(plan: list, params: dict, workspace: Workspace, cotangent: torch.Te
             continue
         weight, bias, s_w, s_b = layer
         w = params[weight]
-        _weight_grad(params[weight], g, h, s_w)
+        _weight_grad(w, g, h, s_w)
         if bias is not None:
             grad = _grad_buffer(params[bias])
             torch.sum(g, dim=2, out=grad)
