@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from ntkprior.distributed import WORKER_MALLOC_THRESHOLD  # noqa: E402
+from ntkprior.scale.distributed import WORKER_MALLOC_THRESHOLD  # noqa: E402
 
 BOUND_BYTES = 2.5e9
 
@@ -71,7 +71,7 @@ def overhead(a) -> dict:
     import torch
     from dask.distributed import Client
 
-    from ntkprior.distributed import kernel_blocks_in_memory, kernel_matrix, local_cluster
+    from ntkprior.scale.distributed import kernel_blocks_in_memory, kernel_matrix, local_cluster
     arch, x = architecture(), inputs(a.overhead_n, a.d)
     store = Path(a.store_dir) / "bench_overhead.zarr"
     t0 = time.perf_counter()
@@ -132,12 +132,12 @@ def scale_store(a) -> dict:
     """Compute the n x n kernel into the store on the default-sized LocalCluster."""
     from dask.distributed import Client
 
-    from ntkprior.distributed import kernel_matrix, local_cluster
+    from ntkprior.scale.distributed import kernel_matrix, local_cluster
     store = Path(a.store_dir) / "bench_scale.zarr"
     x = inputs(a.n, a.d)
     t0 = time.perf_counter()
     with local_cluster(a.workers, dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("ntkprior.layers"))       # worker imports, not the kernel
+        client.run(lambda: __import__("ntkprior.arch.layers"))       # worker imports, not the kernel
         start = time.perf_counter() - t0
         t0 = time.perf_counter()
         kernel_matrix(architecture(), x, store=store, block=a.block, client=client, overwrite=True,
@@ -153,7 +153,7 @@ def scale_operators(a) -> dict:
     """Top-k eigenpairs and a CG solve on the stored kernel, in a fresh process."""
     import numpy as np
 
-    from ntkprior.stored import StoredKernel
+    from ntkprior.scale.stored import StoredKernel
     stored = StoredKernel(Path(a.store_dir) / "bench_scale.zarr")
     counter = CountingKernel(stored)
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def scale_operators(a) -> dict:
 def user_calls(a, stored, counter, y) -> dict:
     """What a user calls with the store: KernelPrior.log_prob (CG + stochastic log det, with its
     standard error) and the converged NTK-GP posterior at --test-points points (one block CG)."""
-    from ntkprior.prior import KernelPrior, predict
+    from ntkprior.prior.prior import KernelPrior, predict
     counter.passes = 0
     t0 = time.perf_counter()
     value, std = KernelPrior(stored, diag_reg=a.diag_reg).log_prob(y, return_std=True)

@@ -43,8 +43,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-from ntkprior.empirical import empirical_ntk
-from ntkprior.layers import Dense, ReLU, serial
+from ntkprior.kernels.empirical import empirical_ntk
+from ntkprior.arch.layers import Dense, ReLU, serial
 
 THREADS = 2
 REPO = Path(__file__).resolve().parents[1]

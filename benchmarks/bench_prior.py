@@ -44,9 +44,9 @@ from sklearn.gaussian_process.kernels import Kernel
 from threadpoolctl import threadpool_limits
 
 from common import current_rss, run_isolated
-from ntkprior.layers import Dense, ReLU, serial
-from ntkprior.prior import KernelPrior, predict
-from ntkprior.sources import KernelBlocks
+from ntkprior.arch.layers import Dense, ReLU, serial
+from ntkprior.prior.prior import KernelPrior, predict
+from ntkprior.prior.sources import KernelBlocks
 
 ALPHA = 1e-6
 

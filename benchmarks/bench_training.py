@@ -16,7 +16,7 @@
    timed on --loop-nets networks and scaled to the ensemble; the two-hidden-layer ensemble is timed
    for --deep-steps steps and scaled to 1000 (cost per step is constant). float32, as networks are
    usually trained (--dtype float64 to change).
-2. Closed-form outputs of the linearised network (ntkprior.dynamics, discrete GD) at 1000 times for
+2. Closed-form outputs of the linearised network (ntkprior.dynamics.linearized, discrete GD) at 1000 times for
    n = 4000 training and 500 test points (analytic NTK of the seed's network):
      ntkprior   LinearizedDynamics(theta, y, theta_tx, learning_rate).at(times): one
                 eigendecomposition, then two matrix products with 1000 columns
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ntkprior.dynamics import LinearizedDynamics
-from ntkprior.layers import Dense, Erf, ReLU, serial
-from ntkprior.training import train
+from ntkprior.dynamics.linearized import LinearizedDynamics
+from ntkprior.arch.layers import Dense, Erf, ReLU, serial
+from ntkprior.dynamics.training import train
 
 ENSEMBLE, WIDTH, STEPS, POINTS, DIM = 256, 512, 1000, 64, 8
 LEARNING_RATE = 0.05

@@ -29,9 +29,9 @@ import warnings
 import torch
 
 import ntkprior as ntp
-from ntkprior.empirical import empirical_ntk
-from ntkprior.linalg import SymmetricPSD
-from ntkprior.training import train
+from ntkprior.kernels.empirical import empirical_ntk
+from ntkprior.prior.linalg import SymmetricPSD
+from ntkprior.dynamics.training import train
 
 RTOL = 1e-9
 FAILURES: list[str] = []

@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ntkprior.cli import app
-from ntkprior.prior import predict, rank_candidates
-from ntkprior.spec import parse_spec
-from ntkprior.spectrum import count_sign_changes, eigenmodes
+from ntkprior.app.cli import app
+from ntkprior.prior.prior import predict, rank_candidates
+from ntkprior.arch.spec import parse_spec
+from ntkprior.prior.spectrum import count_sign_changes, eigenmodes
 
 SPEC = "dense(16, weight_std=1.4, bias_std=0.5) relu dense(16, weight_std=1.4, bias_std=0.5) relu dense(1)"
 COMMANDS = ["kernel", "eigen", "score", "predict", "train", "diagnose", "report"]

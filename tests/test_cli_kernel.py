@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ntkprior as ntp
-from ntkprior.cli import app
+from ntkprior.app.cli import app
 
 SPEC = "dense(64, weight_std=1.5, bias_std=0.05) relu dense(1, weight_std=1.5, bias_std=0.05)"
 
@@ -65,7 +65,7 @@ def test_kernel_command_bad_input_exits_2_with_a_message(runner, tmp_path, rng, 
 @pytest.mark.slow
 def test_kernel_command_writes_a_zarr_store_on_dask(runner, tmp_path, rng):
     pytest.importorskip("dask.distributed")
-    from ntkprior.stored import StoredKernel
+    from ntkprior.scale.stored import StoredKernel
     x = rng.standard_normal((30, 3))
     np.save(tmp_path / "x.npy", x)
     store = tmp_path / "K.zarr"

@@ -1,4 +1,4 @@
-"""The diagnosis (ntkprior.diagnose) on the seed document's 5-point experiment, and its figures
+"""The diagnosis (ntkprior.dynamics.diagnose) on the seed document's 5-point experiment, and its figures
 against independent computations."""
 
 import math
@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-import ntkprior.layers as L
-from ntkprior.diagnose import Diagnosis, diagnose
-from ntkprior.empirical import empirical_ntk
-from ntkprior.prior import predict
+import ntkprior.arch.layers as L
+from ntkprior.dynamics.diagnose import Diagnosis, diagnose
+from ntkprior.kernels.empirical import empirical_ntk
+from ntkprior.prior.prior import predict
 
 
 def seed_network(weight_std, bias_std):

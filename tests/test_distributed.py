@@ -20,8 +20,8 @@ import cloudpickle  # noqa: E402  (installed with dask)
 import zarr  # noqa: E402
 
 import ntkprior as ntp  # noqa: E402
-from ntkprior.distributed import kernel_blocks_in_memory, kernel_matrix, local_cluster  # noqa: E402
-from ntkprior.stored import ConvergenceWarning, StoredKernel, require  # noqa: E402
+from ntkprior.scale.distributed import kernel_blocks_in_memory, kernel_matrix, local_cluster  # noqa: E402
+from ntkprior.scale.stored import ConvergenceWarning, StoredKernel, require  # noqa: E402
 
 # the misbehaving architectures below are defined here, and the workers cannot import this file
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -121,7 +121,7 @@ def test_cross_nngp_equals_in_memory(client, arch, x, tmp_path):
 
 
 def test_empirical_kernel_equals_in_memory(client, arch, x, tmp_path):
-    empirical = pytest.importorskip("ntkprior.empirical")
+    empirical = pytest.importorskip("ntkprior.kernels.empirical")
     torch.manual_seed(3)                # two outputs: the stored kernel is per output unit ("mean")
     model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
     xs, x2 = x[:200], x[200:]
@@ -135,7 +135,7 @@ def test_empirical_kernel_equals_in_memory(client, arch, x, tmp_path):
 
 
 def test_default_client_starts_and_closes_a_local_cluster(arch, x, tmp_path, monkeypatch):
-    import ntkprior.distributed as module
+    import ntkprior.scale.distributed as module
     started = []
 
     def one_worker():       # the default cluster, with one worker instead of one per core: cheaper
@@ -312,7 +312,7 @@ def test_block_lanczos_matches_dense(big):
 
 
 def test_eigenmodes_accepts_a_stored_kernel(client, arch, x, tmp_path):
-    spectrum = pytest.importorskip("ntkprior.spectrum")
+    spectrum = pytest.importorskip("ntkprior.prior.spectrum")
     stored = kernel_matrix(arch, x, store=tmp_path / "K.zarr", block=BLOCK, client=client)
     modes = spectrum.eigenmodes(stored, k=5)
     values, vectors = stored.eigsh(5, tol=1e-10)

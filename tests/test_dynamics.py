@@ -1,4 +1,4 @@
-"""Closed-form training dynamics (ntkprior.dynamics) against independent references:
+"""Closed-form training dynamics (ntkprior.dynamics.linearized) against independent references:
 the gradient-descent recursion unrolled step by step, scipy's matrix exponential, and the
 kernel-regression solution by scipy's solver."""
 
@@ -7,8 +7,8 @@ import pytest
 import scipy.linalg
 import torch
 
-import ntkprior.layers as L
-from ntkprior.dynamics import LinearizedDynamics, linearized_dynamics, max_stable_learning_rate
+import ntkprior.arch.layers as L
+from ntkprior.dynamics.linearized import LinearizedDynamics, linearized_dynamics, max_stable_learning_rate
 
 # Round-off of float64 products of O(10) matrices; the closed forms below are exact identities.
 EXACT = 1e-10

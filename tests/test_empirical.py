@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from ntkprior import _structured as st
-from ntkprior import empirical as em
-from ntkprior.empirical import empirical_ntk, empirical_ntk_vp
+from ntkprior.kernels import _structured as st
+from ntkprior.kernels import empirical as em
+from ntkprior.kernels.empirical import empirical_ntk, empirical_ntk_vp
 
 # torch scripts its forward-mode decompositions on the first jvp of a process (not our code)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -104,7 +104,7 @@ def batchnorm_cnn():
 
 
 def ntkprior_mlp():
-    from ntkprior.layers import Dense, ReLU, serial
+    from ntkprior.arch.layers import Dense, ReLU, serial
     return serial(Dense(7, weight_std=1.5, bias_std=0.3), ReLU(), Dense(2, weight_std=1.2, bias_std=0.1)).build(3)
 
 
@@ -363,7 +363,7 @@ def test_empirical_ntk_converges_to_the_analytic_kernel_like_inverse_sqrt_width(
     (min -0.53, max -0.41). The band [-0.65, -0.35] is about 2.5 of those standard deviations
     around -0.5 and excludes no convergence (0) and a 1/width rate (-1).
     """
-    from ntkprior.layers import Dense, ReLU, serial
+    from ntkprior.arch.layers import Dense, ReLU, serial
     arch = serial(Dense(256, weight_std=1.5, bias_std=0.05), ReLU(), Dense(256, weight_std=1.5, bias_std=0.05),
                   ReLU(), Dense(1, weight_std=1.5, bias_std=0.05))
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((16, 5)))

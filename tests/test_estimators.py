@@ -9,9 +9,9 @@ from sklearn.kernel_ridge import KernelRidge
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import check_estimator
 
-import ntkprior.layers as nl
-from ntkprior.estimators import NeuralKernel, NTKRegressor
-from ntkprior.prior import KernelPrior, predict
+import ntkprior.arch.layers as nl
+from ntkprior.prior.estimators import NeuralKernel, NTKRegressor
+from ntkprior.prior.prior import KernelPrior, predict
 
 ARCH = nl.serial(nl.Dense(64, weight_std=1.5, bias_std=0.1), nl.ReLU(), nl.Dense(1))
 

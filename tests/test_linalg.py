@@ -7,9 +7,9 @@ import pytest
 import scipy.linalg
 import torch
 
-import ntkprior.linalg
+import ntkprior.prior.linalg
 
-from ntkprior.linalg import (COND_WARN, IllConditionedWarning, JitterWarning, SymmetricPSD,
+from ntkprior.prior.linalg import (COND_WARN, IllConditionedWarning, JitterWarning, SymmetricPSD,
                              as_symmetric_psd, fix_signs)
 
 
@@ -41,7 +41,7 @@ def test_factorisations_are_computed_once(rng, monkeypatch):
     s = SymmetricPSD(random_spd(rng))
     L = s.cholesky()
     calls = []
-    monkeypatch.setattr(ntkprior.linalg, "_cholesky", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(ntkprior.prior.linalg, "_cholesky", lambda *a, **k: calls.append(1))
     s.solve(np.ones(30)), s.logdet(), s.quad_form(np.ones(30))
     assert s.cholesky() is L and not calls
     assert s.eigh() is s.eigh()

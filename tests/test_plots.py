@@ -1,4 +1,4 @@
-"""ntkprior.plots: every figure function returns a Figure with labelled axes, saves a non-empty image,
+"""ntkprior.app.plots: every figure function returns a Figure with labelled axes, saves a non-empty image,
 uses the colour-blind-safe palette, opens no pyplot window, and rejects malformed data by name."""
 
 import matplotlib
@@ -9,7 +9,7 @@ import torch
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
-from ntkprior import plots
+from ntkprior.app import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,10 +12,10 @@ import torch
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, DotProduct
 
-import ntkprior.linalg
-from ntkprior.linalg import IllConditionedWarning, JitterWarning, SymmetricPSD
-from ntkprior.prior import KernelPrior, LearningRateWarning, predict, rank_candidates
-from ntkprior.sources import KernelBlocks
+import ntkprior.prior.linalg
+from ntkprior.prior.linalg import IllConditionedWarning, JitterWarning, SymmetricPSD
+from ntkprior.prior.prior import KernelPrior, LearningRateWarning, predict, rank_candidates
+from ntkprior.prior.sources import KernelBlocks
 
 SK_KERNEL = RBF(length_scale=1.3) + DotProduct(sigma_0=0.5)
 
@@ -290,8 +290,8 @@ def test_cached_factorisation_is_reused_across_prior_and_predict(data, monkeypat
     prior.log_prob(y), prior.modes(y)
     reference = predict(sk_kernel, x, y, xs, kind="ntkgp")
     calls = []
-    original = ntkprior.linalg._cholesky
-    monkeypatch.setattr(ntkprior.linalg, "_cholesky", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = ntkprior.prior.linalg._cholesky
+    monkeypatch.setattr(ntkprior.prior.linalg, "_cholesky", lambda *a, **k: calls.append(1) or original(*a, **k))
     blocks = KernelBlocks(prior.psd, sk_kernel(xs, x), sk_kernel(xs, xs))
     post = predict(blocks, None, y, kind="ntkgp")
     late = predict(blocks, None, y, kind="ntk", t=[1.0, 2.0])
@@ -301,7 +301,7 @@ def test_cached_factorisation_is_reused_across_prior_and_predict(data, monkeypat
 
 
 def test_from_arch_uses_the_architecture_kernel():
-    import ntkprior.layers as nl
+    import ntkprior.arch.layers as nl
     arch = nl.serial(nl.Dense(64, weight_std=1.5, bias_std=0.1), nl.ReLU(), nl.Dense(1))
     x = np.random.default_rng(5).normal(size=(20, 2))
     y = np.sin(x[:, 0])

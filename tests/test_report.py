@@ -13,13 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ntkprior import datasets
-from ntkprior.cli import app
-from ntkprior.prior import KernelPrior, predict, rank_candidates
-from ntkprior.report import DEFAULT_ARCHS, QUICK, SEED_LEARNING_RATE, SEED_STEPS, build_report
-from ntkprior.spec import parse_spec
-from ntkprior.spectrum import count_sign_changes, eigenmodes
-from ntkprior.training import SWEEP_METRICS
+from ntkprior.studies import datasets
+from ntkprior.app.cli import app
+from ntkprior.prior.prior import KernelPrior, predict, rank_candidates
+from ntkprior.app.report import DEFAULT_ARCHS, QUICK, SEED_LEARNING_RATE, SEED_STEPS, build_report
+from ntkprior.arch.spec import parse_spec
+from ntkprior.prior.spectrum import count_sign_changes, eigenmodes
+from ntkprior.dynamics.training import SWEEP_METRICS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

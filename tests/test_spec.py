@@ -5,7 +5,7 @@ import json
 import pytest
 
 import ntkprior as ntp
-from ntkprior.spec import SpecError, load_arch, parse_spec
+from ntkprior.arch.spec import SpecError, load_arch, parse_spec
 
 
 def test_spec_round_trips_through_str():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ntkprior.linalg import SymmetricPSD
-from ntkprior.sources import KernelBlocks
-from ntkprior.spectrum import count_sign_changes, eigenmodes
+from ntkprior.prior.linalg import SymmetricPSD
+from ntkprior.prior.sources import KernelBlocks
+from ntkprior.prior.spectrum import count_sign_changes, eigenmodes
 
 
 def relu_ntk(x1, x2, w1=1.0, b1=1.0, w2=math.sqrt(2), b2=0.0):
@@ -181,7 +181,7 @@ def test_a_factorised_matrix_is_reused():
 
 
 def test_eigenmodes_from_an_architecture_match_its_kernel_matrix():
-    import ntkprior.layers as nl
+    import ntkprior.arch.layers as nl
     arch = nl.serial(nl.Dense(64, weight_std=1.5, bias_std=0.1), nl.ReLU(), nl.Dense(1))
     x = np.random.default_rng(4).normal(size=(30, 2))
     modes = eigenmodes(arch, x, k=3, kernel="nngp")

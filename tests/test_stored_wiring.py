@@ -16,11 +16,11 @@ pytest.importorskip("dask.distributed")
 pytest.importorskip("zarr")
 
 import ntkprior as ntp  # noqa: E402
-from ntkprior.distributed import kernel_matrix  # noqa: E402
-from ntkprior.prior import KernelPrior, predict, rank_candidates  # noqa: E402
-from ntkprior.sources import KernelBlocks  # noqa: E402
-from ntkprior.spectrum import eigenmodes  # noqa: E402
-from ntkprior.stored import StoredKernel  # noqa: E402
+from ntkprior.scale.distributed import kernel_matrix  # noqa: E402
+from ntkprior.prior.prior import KernelPrior, predict, rank_candidates  # noqa: E402
+from ntkprior.prior.sources import KernelBlocks  # noqa: E402
+from ntkprior.prior.spectrum import eigenmodes  # noqa: E402
+from ntkprior.scale.stored import StoredKernel  # noqa: E402
 
 N, BLOCK = 300, 128          # tiles of 128, 128 and 44: a ragged edge
 CG_TOL = 2e-8                # solve() stops at relative residual 1e-8; the true one may drift 2x
@@ -189,7 +189,7 @@ def test_predict_takes_one_stored_kernel_and_its_test_blocks(stores, arch, data)
 
 
 def test_empirical_store_predicts_from_given_test_blocks(stores, data):
-    from ntkprior.empirical import empirical_ntk
+    from ntkprior.kernels.empirical import empirical_ntk
     x, x_test, y = data
     stored, model = stores["empirical"], stores["model"]
     with pytest.raises(ValueError, match="holds an empirical NTK.*KernelBlocks"):
@@ -261,7 +261,7 @@ def test_eigenmodes_of_a_stored_kernel_match_dense(stores, arch, data, monkeypat
 
 
 def test_eigenfunctions_of_an_empirical_store_need_the_cross_kernel(stores, data):
-    from ntkprior.empirical import empirical_ntk
+    from ntkprior.kernels.empirical import empirical_ntk
     x, x_test, _ = data
     modes = eigenmodes(stores["empirical"], k=3)
     with pytest.raises(ValueError, match="empirical NTK.*cross=K"):

@@ -1,17 +1,17 @@
-"""Training finite and linearised networks (ntkprior.training) against independent references:
+"""Training finite and linearised networks (ntkprior.dynamics.training) against independent references:
 a Python loop over torch.nn networks with torch.optim.SGD, the closed-form dynamics with the
-same empirical NTK, and the Lee et al. GD-ensemble formula of ntkprior.prior."""
+same empirical NTK, and the Lee et al. GD-ensemble formula of ntkprior.prior.prior."""
 
 import numpy as np
 import pytest
 import torch
 
-import ntkprior.layers as L
-from ntkprior.dynamics import linearized_dynamics
-from ntkprior.empirical import empirical_ntk
-from ntkprior.prior import predict
-from ntkprior import training
-from ntkprior.training import minibatch_weights, train, width_sweep
+import ntkprior.arch.layers as L
+from ntkprior.dynamics.linearized import linearized_dynamics
+from ntkprior.kernels.empirical import empirical_ntk
+from ntkprior.prior.prior import predict
+from ntkprior.dynamics import training
+from ntkprior.dynamics.training import minibatch_weights, train, width_sweep
 
 
 def small_arch(k=1, width=32):
@@ -63,10 +63,10 @@ def test_vectorised_ensemble_equals_a_loop_of_torch_optim(data, monkeypatch, gro
     L.serial(L.Dense(2, weight_std=1.3, bias_std=0.5)),                 # a linear model: one shared-input layer
 ], ids=["relu-erf-k1", "tanh-leaky-standard", "linear"])
 def test_hand_written_backward_equals_autograd(arch, rng):
-    """ntkprior._stacked's forward and backward for stacked networks against each torch.nn
+    """ntkprior.dynamics._stacked's forward and backward for stacked networks against each torch.nn
     network's own forward and autograd gradients (float64: round-off only)."""
     from torch.func import stack_module_state
-    from ntkprior import _stacked
+    from ntkprior.dynamics import _stacked
     x = torch.as_tensor(rng.normal(size=(9, 4)))
     models = [arch.build(4, seed=s) for s in range(3)]
     params = {name: p.detach().clone() for name, p in stack_module_state(models)[0].items()}

@@ -5,38 +5,40 @@ NNGP and NTK, the empirical NTK of any model, the prior over labelings, eigenmod
 training dynamics and comparisons with really trained networks. See README.md and docs/.
 
 Loaded on first use (heavier dependencies): ``NeuralKernel`` and ``NTKRegressor``
-(scikit-learn), ``ntkprior.plots`` (matplotlib),
-``ntkprior.report``, ``ntkprior.distributed`` and ``ntkprior.stored`` (Dask, zarr:
+(scikit-learn), ``ntkprior.app.plots`` (matplotlib),
+``ntkprior.app.report``, ``ntkprior.scale.distributed`` and ``ntkprior.scale.stored`` (Dask, zarr:
 ``pip install "ntkprior[distributed]"``); ``ntp.distributed`` is loaded on first use.
 """
 
 import importlib
 
-from .data import load_array
-from .datasets import boolean_cube, interval_grid, seed_sin_data, walsh
-from .diagnose import Diagnosis, diagnose
-from .dynamics import LinearizedDynamics, Trajectory, linearized_dynamics, max_stable_learning_rate
-from .empirical import empirical_ntk, empirical_ntk_vp
-from .layers import (Abs, Dense, DenseModule, Elementwise, Erf, Gelu, Identity, Kernels, LeakyReLU,
+from ntkprior.data import load_array
+from ntkprior.studies.datasets import boolean_cube, interval_grid, seed_sin_data, walsh
+from ntkprior.dynamics.diagnose import Diagnosis, diagnose
+from ntkprior.dynamics.linearized import LinearizedDynamics, Trajectory, linearized_dynamics, max_stable_learning_rate
+from ntkprior.kernels.empirical import empirical_ntk, empirical_ntk_vp
+from ntkprior.arch.layers import (Abs, Dense, DenseModule, Elementwise, Erf, Gelu, Identity, Kernels, LeakyReLU,
                      ReLU, Serial, SiLU, Sigmoid, Sin, Softplus, Tanh, serial)
-from .linalg import IllConditionedWarning, JitterWarning, SymmetricPSD
-from .prior import (CandidateRanking, CandidateScore, KernelPrior, LearningRateWarning, ModeTable, Posterior,
+from ntkprior.prior.linalg import IllConditionedWarning, JitterWarning, SymmetricPSD
+from ntkprior.prior.prior import (CandidateRanking, CandidateScore, KernelPrior, LearningRateWarning, ModeTable, Posterior,
                     predict, rank_candidates)
-from .sources import KernelBlocks
-from .spec import SpecError, load_arch, parse_spec
-from .spectrum import Eigenmodes, count_sign_changes, eigenmodes
-from .training import TrainResult, WidthSweep, train, width_sweep
+from ntkprior.prior.sources import KernelBlocks
+from ntkprior.arch.spec import SpecError, load_arch, parse_spec
+from ntkprior.prior.spectrum import Eigenmodes, count_sign_changes, eigenmodes
+from ntkprior.dynamics.training import TrainResult, WidthSweep, train, width_sweep
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("distributed", "stored", "plots", "report", "estimators")
+#: public module names kept from the flat layout, loaded on first use (heavy dependencies)
+_LAZY_MODULES = {"distributed": "scale.distributed", "stored": "scale.stored", "plots": "app.plots",
+                 "report": "app.report", "estimators": "prior.estimators"}
 #: names re-exported from modules with heavy imports (scikit-learn), loaded on first use
-_LAZY_NAMES = {"NeuralKernel": "estimators", "NTKRegressor": "estimators"}
+_LAZY_NAMES = {"NeuralKernel": "prior.estimators", "NTKRegressor": "prior.estimators"}
 
 
 def __getattr__(name):
     if name in _LAZY_MODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_LAZY_MODULES[name]}", __name__)
     if name in _LAZY_NAMES:
         return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'ntkprior' has no attribute {name!r}")

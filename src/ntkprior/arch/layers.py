@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import kernels as km
-from .data import DEFAULT_DTYPE, as_inputs, check_same_features, parse_memory
+from ntkprior import kernels as km
+from ntkprior.data import DEFAULT_DTYPE, as_inputs, check_same_features, parse_memory
 
 PARAMETERIZATIONS = ("ntk", "standard")
 

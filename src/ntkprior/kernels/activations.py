@@ -1,12 +1,6 @@
-"""Infinite-width kernel maps: the kernel state and how activations transform it.
+"""Activation maps: how an elementwise nonlinearity φ transforms the kernel state.
 
-A fully-connected network in the infinite-width limit is described, layer by layer, by
-the state ``(K, K11, K22, Θ)``: the NNGP cross covariance of the pre-activations at two
-input sets, the variances at each set, and the cross NTK (Lee et al. 2018; Jacot et al.
-2018; the conventions of neural-tangents, see MATH.md section 2). This module knows no
-torch modules and no architectures: only the arithmetic on that state.
-
-Activations map, with ``Λ = [[K11, K], [K, K22]]`` and ``(u, v) ~ N(0, Λ)``::
+With ``Λ = [[K11, K], [K, K22]]`` and ``(u, v) ~ N(0, Λ)``::
 
     K ← T(Λ) = E[φ(u) φ(v)],   Θ ← Θ · T'(Λ) = Θ · E[φ'(u) φ'(v)],   K11 ← E[φ(u)²]
 
@@ -18,86 +12,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from scipy.special import roots_hermite
 
+from ntkprior.kernels.state import KernelState
+
 Tensor = torch.Tensor
-
-
-@dataclass
-class KernelState:
-    """The infinite-width state of a block of rows ``x1[r0:r1]`` against columns ``x2``.
-
-    ``cov``/``ntk`` are (rows, cols) matrices, or (n,) vectors in diagonal mode (where the
-    columns are the rows themselves). ``var1``/``ntk1`` hold K(x, x) and Θ(x, x) for the
-    rows, ``var2`` K(x', x') for the columns. ``diag_offset`` is set when the block
-    contains the matrix diagonal (``x2`` is ``x1``): entry ``(i, diag_offset + i)`` is a
-    diagonal entry, which is kept exactly equal to ``var1``/``ntk1`` after every layer
-    (so the angle there is exactly zero, not round-off). ``width`` is the current layer
-    width, needed by the standard parameterisation.
-    """
-
-    cov: Tensor
-    ntk: Tensor
-    var1: Tensor
-    var2: Tensor
-    ntk1: Tensor
-    width: int
-    diagonal: bool = False
-    diag_offset: int | None = None
-
-    def sync_diagonal(self) -> None:
-        """Overwrite the diagonal entries of a symmetric block with the exact variances."""
-        if self.diag_offset is None or self.diagonal:
-            return
-        rows = self.cov.shape[0]
-        idx = torch.arange(rows, device=self.cov.device)
-        self.cov[idx, idx + self.diag_offset] = self.var1
-        self.ntk[idx, idx + self.diag_offset] = self.ntk1
-
-
-def input_state(x1: Tensor, x2: Tensor, *, diagonal: bool = False,
-                diag_offset: int | None = None) -> KernelState:
-    """The state at the input: ``K = x·x' / d``, ``Θ = 0`` (the input is normalised by its dimension)."""
-    d = x1.shape[1]
-    var1 = (x1 * x1).sum(1) / d
-    if diagonal:
-        ntk = torch.zeros_like(var1)
-        return KernelState(var1, ntk, var1, var1, ntk, width=d, diagonal=True)
-    var2 = (x2 * x2).sum(1) / d
-    cov = (x1 @ x2.T).div_(d)
-    state = KernelState(cov, torch.zeros_like(cov), var1, var2, torch.zeros_like(var1),
-                        width=d, diag_offset=diag_offset)
-    state.sync_diagonal()
-    return state
-
-
-def dense_update(state: KernelState, weight_var: float, bias_var: float, *,
-                 standard: bool, has_bias: bool) -> None:
-    """Apply a fully-connected layer to ``state`` in place.
-
-    NTK parameterisation:      K ← σ_w² K + σ_b²,   Θ ← K_new + σ_w² Θ
-    Standard parameterisation: Θ ← n_in K + σ_w² Θ + [bias],   K ← σ_w² K + σ_b²
-    (Jacot et al. 2018; Sohl-Dickstein et al. 2020 for the standard one.)
-    """
-    pairs = [(state.cov, state.ntk)]
-    if not state.diagonal:
-        pairs.append((state.var1, state.ntk1))
-    for cov, ntk in pairs:  # the same arithmetic on the matrix and on the row variances
-        if standard:
-            ntk.mul_(weight_var).add_(cov, alpha=float(state.width)).add_(1.0 if has_bias else 0.0)
-        cov.mul_(weight_var).add_(bias_var)
-        if not standard:
-            ntk.mul_(weight_var).add_(cov)
-    if state.diagonal:
-        state.var1 = state.var2 = state.cov
-        state.ntk1 = state.ntk
-    else:
-        state.var2 = state.var2 * weight_var + bias_var
-    state.sync_diagonal()
 
 
 class ActivationMap:

@@ -9,7 +9,7 @@ hyperparameters, so it works wherever scikit-learn takes a kernel::
 
 and composes with sklearn's kernels (``NeuralKernel(arch) + WhiteKernel(1e-3)``).
 :class:`NTKRegressor` is an estimator (``fit``, ``predict(return_std=True)``, ``score``) for the
-predictions of :func:`ntkprior.prior.predict`, factorising the training kernel once in ``fit``.
+predictions of :func:`ntkprior.prior.prior.predict`, factorising the training kernel once in ``fit``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.gaussian_process.kernels import Kernel
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ntkprior.linalg import SymmetricPSD
-from ntkprior.prior import KINDS, predict
-from ntkprior.sources import KernelBlocks, check_kernel_name, resolve_kernels
+from ntkprior.prior.linalg import SymmetricPSD
+from ntkprior.prior.prior import KINDS, predict
+from ntkprior.prior.sources import KernelBlocks, check_kernel_name, resolve_kernels
 
 __all__ = ["NeuralKernel", "NTKRegressor"]
 
@@ -87,9 +87,9 @@ class NTKRegressor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    arch : architecture (or callable / torch module, see :mod:`ntkprior.sources`)
+    arch : architecture (or callable / torch module, see :mod:`ntkprior.prior.sources`)
     kind : str, default "gd-ensemble"
-        Which row of MATH.md section 4 (see :func:`ntkprior.prior.predict`): "gd-ensemble" (mean
+        Which row of MATH.md section 4 (see :func:`ntkprior.prior.prior.predict`): "gd-ensemble" (mean
         and spread of networks trained by gradient descent), "ntkgp", "nngp", "readout", or "ntk"
         (mean only; ``return_std`` is then unavailable).
     t : float or None
@@ -124,7 +124,7 @@ class NTKRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("arch: pass an architecture, e.g. NTKRegressor(ntp.serial(...))")
         if np.ndim(self.t) != 0:
             raise ValueError(f"t: NTKRegressor takes one training time (or None), got {self.t!r}; "
-                             "use ntkprior.prior.predict for an array of times")
+                             "use ntkprior.prior.prior.predict for an array of times")
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         names = self._names()
         source = _function_source(self.arch)

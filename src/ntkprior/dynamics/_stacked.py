@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .layers import DenseModule, ElementwiseModule
+from ntkprior.arch.layers import DenseModule, ElementwiseModule
 
 
 def dense_plan(model: torch.nn.Module) -> list | None:

@@ -9,7 +9,7 @@ methods compute it, all exact and equal to round-off (MATH.md section 2, last pa
   Linear / Conv1d / Conv2d / ntkprior Dense layers (Novak, Sohl-Dickstein & Schoenholz 2022),
   collected with hooks in one forward and k backward passes per data block; every other
   parameter (normalisation, embeddings, attention projections) falls back to Jacobians.
-  See :mod:`ntkprior._structured`.
+  See :mod:`ntkprior.kernels._structured`.
 - ``"jacobian"``: per-example Jacobians ``vmap(jacrev)`` (torch.func), contracted block by block.
 - ``"ntk-vp"``: NTK-vector products (a per-example ``vjp`` of x2 then a ``jvp`` over x1), never
   holding a Jacobian of more than a chunk of x2 examples.
@@ -33,8 +33,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from . import _structured as st
-from .data import check_finite, parse_memory, to_tensor
+from ntkprior.kernels import _structured as st
+from ntkprior.data import check_finite, parse_memory, to_tensor
 
 METHODS = ("auto", "structured", "jacobian", "ntk-vp")
 OUTPUTS = ("trace", "mean", "full", "diagonal")

@@ -3,16 +3,16 @@
 :func:`build_report` runs four studies and writes ``index.html`` (figures in ``figures/`` beside
 it) and ``results.json`` (every number the page shows) into one directory:
 
-1. **Eigenmodes** — spectra and eigenfunctions of NTKs and an NNGP (:mod:`ntkprior.spectrum`).
+1. **Eigenmodes** — spectra and eigenfunctions of NTKs and an NNGP (:mod:`ntkprior.prior.spectrum`).
 2. **The prior over labels** — posteriors, the prior's verdict on the training labels, and
-   candidate test labels ranked by conditional log-probability (:mod:`ntkprior.prior`).
+   candidate test labels ranked by conditional log-probability (:mod:`ntkprior.prior.prior`).
 3. **Training vs theory** — trained networks over the kernel's prediction, per-mode learning
-   curves, a width sweep and diagnoses (:mod:`ntkprior.training`, :mod:`ntkprior.dynamics`,
-   :mod:`ntkprior.diagnose`).
+   curves, a width sweep and diagnoses (:mod:`ntkprior.dynamics.training`, :mod:`ntkprior.dynamics.linearized`,
+   :mod:`ntkprior.dynamics.diagnose`).
 4. **Simplicity** — parity against low-degree functions on the boolean cube (built-in data), or
    how the user's labels spread over the eigenmodes (user data).
 
-With no data it runs on the built-in data of :mod:`ntkprior.datasets` (the seed's five noisy
+With no data it runs on the built-in data of :mod:`ntkprior.studies.datasets` (the seed's five noisy
 samples of sin, a grid on [-3, 3], the cube {-1, +1}^8); with ``arch``, ``x_train``, ``y_train``
 (and optionally ``x_test`` and candidate labelings) the same sections run on the user's data.
 Everything computed comes from the library's public functions; this module only chooses the
@@ -33,15 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import datasets, plots
-from .data import as_inputs, as_labels, check_same_features
-from .diagnose import diagnose
-from .dynamics import linearized_dynamics, max_stable_learning_rate
-from .estimators import NTKRegressor
-from .prior import KernelPrior, predict, rank_candidates
-from .spec import load_arch, parse_spec
-from .spectrum import count_sign_changes, eigenmodes
-from .training import SWEEP_METRICS, train, width_sweep
+from ntkprior.studies import datasets
+from ntkprior.app import plots
+from ntkprior.data import as_inputs, as_labels, check_same_features
+from ntkprior.dynamics.diagnose import diagnose
+from ntkprior.dynamics.linearized import linearized_dynamics, max_stable_learning_rate
+from ntkprior.prior.estimators import NTKRegressor
+from ntkprior.prior.prior import KernelPrior, predict, rank_candidates
+from ntkprior.arch.spec import load_arch, parse_spec
+from ntkprior.prior.spectrum import count_sign_changes, eigenmodes
+from ntkprior.dynamics.training import SWEEP_METRICS, train, width_sweep
 
 __all__ = ["build_report", "ReportOutput", "Sizes", "FULL", "QUICK", "DEFAULT_ARCHS", "jsonable",
            "diagnosis_summary", "sweep_summary"]
@@ -526,7 +527,7 @@ class _Setting:
 
 
 def diagnosis_summary(d) -> dict:
-    """The verdict, checks and figures of a :class:`~ntkprior.diagnose.Diagnosis` as a JSON-ready dict
+    """The verdict, checks and figures of a :class:`~ntkprior.dynamics.diagnose.Diagnosis` as a JSON-ready dict
     (without its training record)."""
     return {"in_kernel_regime": d.in_kernel_regime, "reasons": d.reasons,
             "checks": [{"name": c.name, "passed": c.passed, "sentence": c.sentence} for c in d.checks],
@@ -541,7 +542,7 @@ def diagnosis_summary(d) -> dict:
 
 
 def sweep_summary(sweep) -> dict:
-    """A :class:`~ntkprior.training.WidthSweep` as a JSON-ready dict: widths, seeds, rows, exponents."""
+    """A :class:`~ntkprior.dynamics.training.WidthSweep` as a JSON-ready dict: widths, seeds, rows, exponents."""
     return {"widths": [r.width for r in sweep.rows], "seeds": list(sweep.seeds), "steps": sweep.steps,
             "learning_rate": sweep.learning_rate, "rows": [vars(r) for r in sweep.rows],
             "exponents": sweep.exponents}
@@ -986,7 +987,7 @@ def build_report(out="ntkprior-report", *, seed: int = 0, quick: bool = False, p
     finally:
         rep.close()
     runtime = time.perf_counter() - start
-    from . import __version__
+    from ntkprior import __version__
     meta = {"ntkprior version": __version__, "seed": seed, "size": "quick" if quick else "full", **meta,
             "runtime": f"{runtime:.1f} s"}
     rep.results["meta"] = {**meta, "runtime_s": runtime,

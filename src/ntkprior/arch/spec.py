@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from . import layers as L
+from ntkprior.arch import layers as L
 
 #: spec name -> layer class
 LAYERS = {

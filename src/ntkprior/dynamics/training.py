@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch.func import functional_call, linearize, stack_module_state, vjp, vmap
 
-from .data import as_inputs, as_labels, check_same_features
-from .dynamics import LinearizedDynamics, check_positive
-from .empirical import empirical_ntk
-from . import _stacked as stacked
-from .linalg import SymmetricPSD
+from ntkprior.data import as_inputs, as_labels, check_same_features
+from ntkprior.dynamics.linearized import LinearizedDynamics, check_positive
+from ntkprior.kernels.empirical import empirical_ntk
+from ntkprior.dynamics import _stacked as stacked
+from ntkprior.prior.linalg import SymmetricPSD
 
 OPTIMIZERS = ("gd", "sgd")
 #: largest activation of one group of ensemble members (bytes): about the L2 cache of one core,
@@ -103,7 +103,7 @@ class _Group:
     ``torch.func.linearize`` (the jvp traced once at θ0, then replayed: 100x faster per step than
     ``torch.func.jvp``, which re-derives it every call) and gradients ``J(θ0)ᵀ cotangent`` by one
     ``torch.func.vjp`` at θ0, reused every step. Otherwise outputs and gradients at the current
-    parameters come from the hand-written backward pass of :mod:`ntkprior._stacked` (ntkprior's
+    parameters come from the hand-written backward pass of :mod:`ntkprior.dynamics._stacked` (ntkprior's
     own networks: preallocated buffers, no autograd) or from autograd (any other module).
     """
 
@@ -226,7 +226,7 @@ def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate:
 
     Loss: ``½ · mean`` of the squared error over the m = n·k training outputs, so that the
     function-space dynamics are ``f ← f − (η/m) Θ (f − y)`` (MATH.md section 4) and the
-    closed forms of ``ntkprior.dynamics`` apply with the same η and t (in steps).
+    closed forms of ``ntkprior.dynamics.linearized`` apply with the same η and t (in steps).
 
     Parameters
     ----------
@@ -457,7 +457,7 @@ def _warn_diverged(diverged_at: torch.Tensor, learning_rate: float) -> None:
         warnings.warn(f"training diverged (non-finite loss) for {len(bad)} of {len(diverged_at)} "
                       f"network(s), first at step {int(diverged_at[bad].min())} with learning_rate="
                       f"{learning_rate:g}; their outputs are NaN/inf from then on. Lower the learning "
-                      "rate below 2m/λ_max (ntkprior.dynamics.max_stable_learning_rate)", stacklevel=2)
+                      "rate below 2m/λ_max (ntkprior.dynamics.linearized.max_stable_learning_rate)", stacklevel=2)
 
 
 def _progress(iterable, progress: bool, desc: str = "training"):
@@ -530,7 +530,7 @@ def width_sweep(arch, x_train, y_train, x_test, widths, seeds, steps: int, learn
     For each width, the networks of ``seeds`` (an int s for seeds 0..s−1, or a sequence) are
     trained together by full-batch gradient descent (:func:`train`) and compared with the
     infinite-width prediction at the same time t = ``steps``: the analytic NTK's discrete-GD
-    closed form started from each network's own initial outputs f0 (``ntkprior.dynamics``).
+    closed form started from each network's own initial outputs f0 (``ntkprior.dynamics.linearized``).
     Starting from the same f0 removes the O(1) randomness of the initial function, so what
     remains (the empirical kernel's deviation from the analytic one, and its motion) vanishes
     with width; against the GD-ensemble mean the distance would stay at the spread of f0.
@@ -565,7 +565,7 @@ def _sweep_row(arch, width, x_train, y_train, x_test, result: TrainResult) -> Wi
 
 def same_f0_prediction(theta: SymmetricPSD, theta_test_train, y_train, result: TrainResult) -> torch.Tensor:
     """Test outputs (ensemble, n_test, k) at the last recorded step of linearised networks with
-    kernel ``theta`` (discrete-GD closed form, ``ntkprior.dynamics``) started from each trained
+    kernel ``theta`` (discrete-GD closed form, ``ntkprior.dynamics.linearized``) started from each trained
     member's own initial outputs f0(X), f0(X*). The eigendecomposition of ``theta`` is shared."""
     t = int(result.steps[-1])
     outs = []

@@ -9,7 +9,7 @@ distribution the inputs were drawn from.
 Up to ``DENSE_LIMIT`` inputs the decomposition is dense (LAPACK ``evr``); beyond, the top k
 eigenpairs are found by Lanczos iteration (ARPACK) using only products with the kernel matrix,
 so nothing larger than the kernel itself is formed. A kernel stored out of core
-(:class:`ntkprior.stored.StoredKernel`) uses its own block Lanczos (few passes over the store),
+(:class:`ntkprior.scale.stored.StoredKernel`) uses its own block Lanczos (few passes over the store),
 and its eigenfunctions the architecture the store records. Any other object with ``.shape``
 and ``.matvec(v)`` is accepted as the kernel and used through ARPACK.
 """
@@ -24,9 +24,9 @@ import scipy.sparse.linalg
 import torch
 
 from ntkprior.data import as_inputs, to_tensor
-from ntkprior.linalg import (IllConditionedWarning, as_symmetric_psd, check_symmetric, finite_or_raise,
+from ntkprior.prior.linalg import (IllConditionedWarning, as_symmetric_psd, check_symmetric, finite_or_raise,
                              fix_signs, is_stored_kernel, symmetry_rtol, user_stacklevel)
-from ntkprior.sources import KernelSource, check_kernel_name, is_kernel_operator, resolve_kernels
+from ntkprior.prior.sources import KernelSource, check_kernel_name, is_kernel_operator, resolve_kernels
 
 __all__ = ["Eigenmodes", "eigenmodes", "count_sign_changes", "DENSE_LIMIT"]
 
@@ -44,7 +44,7 @@ class Eigenmodes:
         Eigenvalues of the Gram matrix (clipped at 0).
     vectors : (n, k) tensor
         Orthonormal eigenvectors; in each the entry of largest magnitude is positive
-        (:func:`ntkprior.linalg.fix_signs`), so plots are reproducible.
+        (:func:`ntkprior.prior.linalg.fix_signs`), so plots are reproducible.
     kernel : str
         Which kernel ("ntk", "nngp", or "kernel" for a user's single kernel).
     x : (n, d) tensor or None
@@ -140,7 +140,7 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str | None 
     ----------
     arch_or_kernel :
         Architecture, kernel callable, torch module, precomputed matrix or KernelBlocks, stored
-        kernel (see :mod:`ntkprior.sources`), or an operator with ``.shape`` and ``.matvec(v)``.
+        kernel (see :mod:`ntkprior.prior.sources`), or an operator with ``.shape`` and ``.matvec(v)``.
     x : (n, d), optional for matrices, operators and stored kernels (which know their inputs)
     k : int or None
         Number of eigenpairs (None: all, dense only).
@@ -153,7 +153,7 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str | None 
         Lanczos relative accuracy (0: machine precision) and the seed of its start vector. For a
         stored kernel, block Lanczos stops when every residual ``‖Hv − λv‖ <= tol·λ_1`` (tol 0:
         1e-8), which bounds each eigenvalue's error by that and each vector's angle by it
-        divided by the spectral gap (:meth:`ntkprior.stored.StoredKernel.eigsh`).
+        divided by the spectral gap (:meth:`ntkprior.scale.stored.StoredKernel.eigsh`).
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """Kernel matrices stored out of core (zarr), and the linear algebra that streams over them.
 
 A kernel matrix too large for memory (a float64 30 000 × 30 000 kernel is 7.2 GB) lives
-in a zarr store written by :func:`ntkprior.distributed.kernel_matrix`.
+in a zarr store written by :func:`ntkprior.scale.distributed.kernel_matrix`.
 :class:`StoredKernel` uses it without ever loading it whole: products with vectors are
 streamed over groups of stored tiles, and everything else is built from those products —
 preconditioned conjugate gradients for solves, block Lanczos for the top eigenpairs and
@@ -38,8 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .data import as_labels, parse_memory, to_tensor
-from .linalg import fix_signs
+from ntkprior.data import as_labels, parse_memory, to_tensor
+from ntkprior.prior.linalg import fix_signs
 
 FORMAT = 1
 ATTRS_KEY = "ntkprior"
@@ -93,10 +93,10 @@ def _open_group(location: str, mode: str):
         group = zarr.open_group(location, mode=mode)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise ValueError(f"store: {location!r} is not a zarr kernel store ({exc}); "
-                         "create one with ntkprior.distributed.kernel_matrix") from None
+                         "create one with ntkprior.scale.distributed.kernel_matrix") from None
     if ATTRS_KEY not in group.attrs:
         raise ValueError(f"store: {location!r} is a zarr group but not an ntkprior kernel store "
-                         "(no 'ntkprior' attributes); create one with ntkprior.distributed.kernel_matrix")
+                         "(no 'ntkprior' attributes); create one with ntkprior.scale.distributed.kernel_matrix")
     if group.attrs[ATTRS_KEY].get("format") != FORMAT:
         raise ValueError(f"store: {location!r} has store format {group.attrs[ATTRS_KEY].get('format')!r}; "
                          f"this version of ntkprior reads format {FORMAT}")
@@ -107,14 +107,14 @@ class StoredKernel:
     """A kernel matrix in a zarr store, used as a linear operator without loading it whole.
 
     ``StoredKernel("K.zarr")`` opens a complete store written by
-    :func:`ntkprior.distributed.kernel_matrix`. A kernel of at most ``max_memory`` bytes
+    :func:`ntkprior.scale.distributed.kernel_matrix`. A kernel of at most ``max_memory`` bytes
     is read once and kept; a larger one is streamed: every product reads the stored tiles
     one by one into two reused tile buffers (2·block²·8 bytes, 268 MB at block = 4096),
     the next tile in the background while the current one is multiplied. Methods
     return float64 torch tensors and accept numpy arrays or torch tensors. Solves,
     eigenpairs and log-determinants need a symmetric (x2=None) store.
 
-    Like :class:`ntkprior.linalg.SymmetricPSD`, the operator carries its ridge:
+    Like :class:`ntkprior.prior.linalg.SymmetricPSD`, the operator carries its ridge:
     :meth:`regularised` returns a view of ``K + ridge·I`` (sharing the store and the cached
     diagonal and Nyström sketches), and every product, solve, eigenvalue and
     log-determinant of that view includes the ridge.
@@ -137,7 +137,7 @@ class StoredKernel:
         if missing:
             total = len(block_pairs(*self.shape, self.block, self.symmetric))
             raise ValueError(f"store: {self.location!r} holds only {total - len(missing)} of {total} "
-                             "blocks; finish it by calling ntkprior.distributed.kernel_matrix again "
+                             "blocks; finish it by calling ntkprior.scale.distributed.kernel_matrix again "
                              "with the same arguments (it resumes)")
         self._cache = {}  # "matrix", "diagonal", ("nystrom", rank, seed): of K itself, shared by the views
 
@@ -170,7 +170,7 @@ class StoredKernel:
         not read back or does not reproduce the store (e.g. a custom ``Elementwise``
         activation, or an object that only looked like an architecture).
         """
-        from .spec import parse_spec
+        from ntkprior.arch.spec import parse_spec
         fix = ("; compute the kernel between the new inputs and x1 yourself and pass it: "
                "KernelBlocks(stored, test_train=K(x_new, x1), test=K(x_new, x_new)) to predict, "
                "Eigenmodes.functions(cross=K(x_new, x1)) for eigenfunctions")
@@ -437,7 +437,7 @@ class StoredKernel:
         1977; Musco & Musco 2015). It stops when every residual ``‖K u − θ u‖ ≤ tol · θ_1``,
         which certifies that an eigenvalue of K lies within that distance of each θ
         (eigenvectors are accurate to residual / spectral gap). Returns (eigenvalues (k,)
-        descending, eigenvectors (n, k)), signs fixed by :func:`ntkprior.linalg.fix_signs`.
+        descending, eigenvectors (n, k)), signs fixed by :func:`ntkprior.prior.linalg.fix_signs`.
         """
         self._require_square("eigsh")
         n = self.n

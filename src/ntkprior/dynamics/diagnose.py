@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import as_inputs, as_labels
-from .dynamics import max_stable_learning_rate
-from .linalg import SymmetricPSD
-from .prior import predict
-from .training import TrainResult, rms, same_f0_prediction, train
+from ntkprior.data import as_inputs, as_labels
+from ntkprior.dynamics.linearized import max_stable_learning_rate
+from ntkprior.prior.linalg import SymmetricPSD
+from ntkprior.prior.prior import predict
+from ntkprior.dynamics.training import TrainResult, rms, same_f0_prediction, train
 
 #: a mode counts as learned once η λ t / m reaches this (its residual is then e^-3 ≈ 5 % of the start)
 LEARNED = 3.0
@@ -145,8 +145,8 @@ def diagnose(arch, x_train, y_train, x_test, steps: int, learning_rate: float, *
     kernel's prediction — and if not, why — with the figures behind each answer.
 
     The analytic figures come from ``arch.kernel``; the empirical ones from each network's NTK at
-    initialisation (``ntkprior.empirical``); the reference prediction is the Lee et al. (2019)
-    GD-ensemble mean ± std at time t = ``steps`` (``ntkprior.prior.predict``). The checks and their
+    initialisation (``ntkprior.kernels.empirical``); the reference prediction is the Lee et al. (2019)
+    GD-ensemble mean ± std at time t = ``steps`` (``ntkprior.prior.prior.predict``). The checks and their
     thresholds are the module constants (see the module docstring).
     """
     if x_test is None:

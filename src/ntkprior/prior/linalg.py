@@ -15,7 +15,7 @@ training dynamics) goes through :class:`SymmetricPSD`. It
 The matrix-free protocol used by the rest of the package is ``.shape``, ``.matvec(v)`` and
 ``.solve(b)``; an out-of-core kernel that offers the same three members can stand in for a
 ``SymmetricPSD`` wherever only those are used. :func:`as_symmetric_psd` passes a stored kernel
-(:class:`ntkprior.stored.StoredKernel`) through as its view with the ridge, which also offers
+(:class:`ntkprior.scale.stored.StoredKernel`) through as its view with the ridge, which also offers
 ``quad_form`` and a stochastic ``logdet``.
 """
 
@@ -459,7 +459,7 @@ class SymmetricPSD:
 
 
 def is_stored_kernel(obj) -> bool:
-    """An out-of-core kernel (:class:`ntkprior.stored.StoredKernel`): solves, eigenpairs and
+    """An out-of-core kernel (:class:`ntkprior.scale.stored.StoredKernel`): solves, eigenpairs and
     log-determinants by iterative methods, its ridge set by ``regularised(diag_reg, reg)``."""
     return callable(getattr(obj, "regularised", None)) and callable(getattr(obj, "eigsh", None))
 

@@ -1,23 +1,23 @@
 """Where kernel matrices come from: resolve an ``arch_or_kernel`` argument into kernel blocks.
 
-Every function of :mod:`ntkprior.prior` and :mod:`ntkprior.spectrum` that takes ``arch_or_kernel``
+Every function of :mod:`ntkprior.prior.prior` and :mod:`ntkprior.prior.spectrum` that takes ``arch_or_kernel``
 accepts any of
 
 - an **architecture** (anything with a method ``kernel(x1, x2=None, *, diagonal=False)`` returning
   an object with ``.nngp`` and ``.ntk``, e.g. ``ntp.serial(...)``): exact infinite-width kernels;
 - a **torch.nn.Module**: its empirical NTK ``J J^T`` at the current parameters
-  (:func:`ntkprior.empirical.empirical_ntk` with ``output="mean"``: the trace over the k outputs
+  (:func:`ntkprior.kernels.empirical.empirical_ntk` with ``output="mean"``: the trace over the k outputs
   divided by k, the per-output kernel like ``arch.kernel(...).ntk``); there is no empirical NNGP;
 - a **callable** ``k(x1, x2) -> (n1, n2) matrix``: one kernel, used whatever kernel is asked for;
   or ``k(x1, x2) -> object with .nngp / .ntk``: both kernels;
 - **precomputed matrices**: a :class:`KernelBlocks` (one kernel), a bare ``(n, n)`` matrix or
-  :class:`~ntkprior.linalg.SymmetricPSD`, a tuple ``(train, test_train[, test])``, or a dict
+  :class:`~ntkprior.prior.linalg.SymmetricPSD`, a tuple ``(train, test_train[, test])``, or a dict
   ``{"ntk": blocks, "nngp": blocks}`` of those;
-- **stored kernels** (:class:`ntkprior.stored.StoredKernel`, symmetric): the train-train kernel on
+- **stored kernels** (:class:`ntkprior.scale.stored.StoredKernel`, symmetric): the train-train kernel on
   the store's inputs ``x1``, named by the store's ``kind``; alone, in a dict
   ``{"ntk": stored_ntk, "nngp": stored_nngp}``, or as ``KernelBlocks(stored, test_train, test)``.
   Test blocks not given are computed from the architecture recorded in the store
-  (:meth:`~ntkprior.stored.StoredKernel.architecture`); an empirical NTK's must be given.
+  (:meth:`~ntkprior.scale.stored.StoredKernel.architecture`); an empirical NTK's must be given.
 
 The result is a :class:`KernelSource` whose :meth:`KernelSource.blocks` returns, per kernel name, the
 train-train, test-train and test-test blocks as float64 torch tensors.
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ntkprior.data import as_inputs, check_same_features, to_tensor
-from ntkprior.linalg import SymmetricPSD, finite_or_raise, is_stored_kernel
+from ntkprior.prior.linalg import SymmetricPSD, finite_or_raise, is_stored_kernel
 
 __all__ = ["KERNEL_NAMES", "KernelBlocks", "KernelSource", "resolve_kernels", "check_kernel_name",
            "is_kernel_operator"]
@@ -64,9 +64,9 @@ class KernelBlocks:
     Parameters
     ----------
     train : (n, n), SymmetricPSD or StoredKernel
-        ``H(X, X)``. A :class:`~ntkprior.linalg.SymmetricPSD` (e.g. ``KernelPrior.psd``) is reused
+        ``H(X, X)``. A :class:`~ntkprior.prior.linalg.SymmetricPSD` (e.g. ``KernelPrior.psd``) is reused
         with its ridge and cached factorisations; a symmetric
-        :class:`~ntkprior.stored.StoredKernel` is used out of core.
+        :class:`~ntkprior.scale.stored.StoredKernel` is used out of core.
     test_train : (n*, n), optional
         ``H(X*, X)``. Without it, predictions are made on the training inputs.
     test : (n*, n*) or (n*,), optional
@@ -371,7 +371,7 @@ def is_kernel_operator(obj) -> bool:
 
 def _module_source(model: torch.nn.Module, progress: bool) -> KernelSource:
     def ntk(x1, x2):
-        from ntkprior.empirical import empirical_ntk        # lazy: torch.func machinery
+        from ntkprior.kernels.empirical import empirical_ntk        # lazy: torch.func machinery
         # "mean" = trace / k: the per-output kernel, the convention of arch.kernel(...).ntk and of
         # the dynamics (MATH.md section 4); identical to "trace" for single-output models
         return empirical_ntk(model, x1, x2, output="mean", progress=progress)
@@ -410,7 +410,7 @@ def resolve_kernels(arch_or_kernel, *, progress: bool = False) -> KernelSource:
                                symmetric_call=True)
     if is_kernel_operator(obj):
         raise ValueError(f"arch_or_kernel: {type(obj).__name__} is a matrix-free kernel operator; "
-                         "only eigenmodes() accepts those (an ntkprior.stored.StoredKernel is accepted "
+                         "only eigenmodes() accepts those (an ntkprior.scale.stored.StoredKernel is accepted "
                          "everywhere). Load it as a matrix for this function")
     if callable(obj):
         return _FunctionSource(obj, f"kernel function {getattr(obj, '__name__', type(obj).__name__)}",

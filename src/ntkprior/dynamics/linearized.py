@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import as_inputs, as_labels, check_finite, to_tensor
-from .empirical import empirical_ntk
-from .linalg import SymmetricPSD
-from .sources import resolve_kernels
+from ntkprior.data import as_inputs, as_labels, check_finite, to_tensor
+from ntkprior.kernels.empirical import empirical_ntk
+from ntkprior.prior.linalg import SymmetricPSD
+from ntkprior.prior.sources import resolve_kernels
 
 METHODS = ("gd", "flow")
 
@@ -262,7 +262,7 @@ def linearized_dynamics(arch_or_kernel, x_train, y_train, x_test=None, *, learni
                         method: str = "gd", f0=None, diag_reg: float = 0.0) -> LinearizedDynamics:
     """Closed-form dynamics for the NTK of ``arch_or_kernel`` on these inputs.
 
-    ``arch_or_kernel`` is anything ``ntkprior.sources.resolve_kernels`` accepts: an
+    ``arch_or_kernel`` is anything ``ntkprior.prior.sources.resolve_kernels`` accepts: an
     architecture (its analytic infinite-width NTK), a ``torch.nn.Module`` (its full empirical
     NTK (n, n, k, k) at its current parameters: one finite network, linearised exactly around
     them), a callable

@@ -2,7 +2,7 @@
 
 :func:`kernel_matrix` cuts the (n1, n2) kernel into ``block × block`` tiles, computes
 each tile as one Dask task — analytic kernels through ``arch.kernel``, empirical ones
-through :func:`ntkprior.empirical.empirical_ntk`, with the architecture or model and the
+through :func:`ntkprior.kernels.empirical.empirical_ntk`, with the architecture or model and the
 inputs shipped once to every worker — and each task writes its tile straight into a
 chunked zarr array (one chunk per tile), then marks the tile done. Symmetric kernels
 (``x2=None``) compute and store only the tiles on and above the diagonal; readers
@@ -10,7 +10,7 @@ mirror them (writing the mirror too doubled the time at n = 8000, where the disk
 absorbs about 120 MB/s once the page cache is full). Calling it again with the same
 arguments resumes: tiles marked done are skipped, and since a tile is marked only after
 its data are written, an interrupted write is recomputed. The store layout is described
-in :mod:`ntkprior.stored`; the result is returned as a :class:`~ntkprior.stored.StoredKernel`.
+in :mod:`ntkprior.scale.stored`; the result is returned as a :class:`~ntkprior.scale.stored.StoredKernel`.
 
 Every path — a worker, or the in-process loop :func:`kernel_blocks_in_memory` — computes
 a tile with :func:`kernel_block`, so the stored matrix equals the in-memory one exactly.
@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .data import as_inputs, check_same_features
-from .stored import (ATTRS_KEY, DONE, FORMAT, KERNEL, StoredKernel, block_pairs, missing_blocks,
+from ntkprior.data import as_inputs, check_same_features
+from ntkprior.scale.stored import (ATTRS_KEY, DONE, FORMAT, KERNEL, StoredKernel, block_pairs, missing_blocks,
                      require, spans, store_location)
 
 #: glibc malloc thresholds for workers. Dask sets MALLOC_TRIM_THRESHOLD_=65536, which freezes
@@ -82,7 +82,7 @@ def kernel_block(source: TileSource, x_rows: torch.Tensor, x_cols: torch.Tensor 
     x_rows = x_rows.clone()
     x_cols = None if x_cols is None else x_cols.clone()
     if source.empirical:
-        from .empirical import empirical_ntk
+        from ntkprior.kernels.empirical import empirical_ntk
         values = empirical_ntk(source.obj, x_rows, x_cols, output="mean")
     else:
         values = source.obj.kernel(x_rows, x_cols)[source.kind]
@@ -142,7 +142,7 @@ def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zar
     A store that already exists is resumed when its metadata (kind, architecture or model
     parameters, inputs, block) match, and refused otherwise; ``overwrite=True`` deletes it
     first. An interrupted call raises after cancelling its tasks; call again to resume.
-    Returns the finished store as a :class:`~ntkprior.stored.StoredKernel`.
+    Returns the finished store as a :class:`~ntkprior.scale.stored.StoredKernel`.
     """
     source = TileSource(arch_or_model, kind)
     x1, x2, block = _check_inputs(x1, x2, block)

@@ -11,7 +11,7 @@ says how surprising a labeling is to the network's prior, and which eigenmodes c
 with the NTK is the NTK-GP prior (He, Lakshminarayanan & Teh 2020), not that of any random network.
 
 All solves use one Cholesky factorisation per kernel and all matrix functions one
-eigendecomposition, cached in :class:`ntkprior.linalg.SymmetricPSD` and reused by every call.
+eigendecomposition, cached in :class:`ntkprior.prior.linalg.SymmetricPSD` and reused by every call.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ntkprior.data import as_labels, to_tensor
-from ntkprior.linalg import SymmetricPSD, as_symmetric_psd, is_stored_kernel, user_stacklevel
-from ntkprior.sources import KernelBlocks, check_kernel_name, resolve_kernels
+from ntkprior.prior.linalg import SymmetricPSD, as_symmetric_psd, is_stored_kernel, user_stacklevel
+from ntkprior.prior.sources import KernelBlocks, check_kernel_name, resolve_kernels
 
 __all__ = ["KernelPrior", "ModeTable", "rank_candidates", "CandidateRanking", "CandidateScore",
            "predict", "Posterior", "KINDS", "LearningRateWarning"]
@@ -70,7 +70,7 @@ class ModeTable:
     eigenvalue : (n,) descending
     projection : (n,) or (n, k)
         ``v_i . y`` per output column, with the eigenvector signs of
-        :func:`ntkprior.linalg.fix_signs` (largest-magnitude entry positive).
+        :func:`ntkprior.prior.linalg.fix_signs` (largest-magnitude entry positive).
     contribution : (n,)
         ``sum_j (v_i . y_j)^2 / lambda_i``; with :attr:`remainder` these sum to ``y^T H^-1 y``
         (:attr:`total`).
@@ -119,9 +119,9 @@ class KernelPrior:
     ----------
     H : (n, n) array, tensor, SymmetricPSD or StoredKernel
         Kernel matrix on the inputs (any PSD matrix), or a symmetric
-        :class:`~ntkprior.stored.StoredKernel` used out of core (see Notes).
+        :class:`~ntkprior.scale.stored.StoredKernel` used out of core (see Notes).
     diag_reg, reg, jitter :
-        Explicit ridge and singular-matrix policy, see :class:`ntkprior.linalg.SymmetricPSD`.
+        Explicit ridge and singular-matrix policy, see :class:`ntkprior.prior.linalg.SymmetricPSD`.
         Nothing is added silently: a numerically singular H raises a ``ValueError``.
         ``jitter="auto"`` is not available for a stored kernel.
     name : str
@@ -134,7 +134,7 @@ class KernelPrior:
     -----
     With a stored kernel nothing n x n is formed: quadratic forms ``y^T H^-1 y`` are solved by
     conjugate gradients (relative residual 1e-8), the log-determinant is estimated by stochastic
-    Lanczos quadrature (:meth:`ntkprior.stored.StoredKernel.logdet`), and :meth:`modes` lists the
+    Lanczos quadrature (:meth:`ntkprior.scale.stored.StoredKernel.logdet`), and :meth:`modes` lists the
     top k modes from block Lanczos. The log-determinant is therefore *stochastic*: it is
     estimated once per prior and reused, so log-probability differences between labelings under
     the same prior are exact to the CG tolerance, while absolute values (and comparisons across
@@ -164,7 +164,7 @@ class KernelPrior:
                   reg: str = "relative", jitter: str | None = None, progress: bool = False):
         """The prior of an architecture's infinite-width ``kernel`` ("ntk" or "nngp") on inputs x.
 
-        Any ``arch_or_kernel`` of :mod:`ntkprior.sources` is accepted (architecture, callable, ...).
+        Any ``arch_or_kernel`` of :mod:`ntkprior.prior.sources` is accepted (architecture, callable, ...).
         """
         check_kernel_name(kernel)
         source = resolve_kernels(arch_or_kernel, progress=progress)
@@ -194,7 +194,7 @@ class KernelPrior:
         """Eigenvalues of H (with ridge), descending, clipped at 0."""
         if self.stored:
             raise ValueError("eigenvalues: a stored kernel gives only its top eigenvalues; use "
-                             "prior.psd.eigsh(k) or ntkprior.spectrum.eigenmodes(stored, k=k)")
+                             "prior.psd.eigsh(k) or ntkprior.prior.spectrum.eigenmodes(stored, k=k)")
         return self.psd.eigh()[0].flip(0)
 
     def logdet(self, *, return_std: bool = False):
@@ -383,7 +383,7 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
     Parameters
     ----------
     arch_or_kernel :
-        Architecture, callable, module or precomputed :class:`~ntkprior.sources.KernelBlocks` (which
+        Architecture, callable, module or precomputed :class:`~ntkprior.prior.sources.KernelBlocks` (which
         then must hold ``test_train`` and a full ``test`` block).
     x_train, y_train : (n, d), (n,) or (n, k)
     x_test : (n*, d)
@@ -397,7 +397,7 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
         it the most log-probability relative to the best candidate. 0 skips the
         eigendecomposition (cubic in n + n*); a stored kernel needs 0. With a stored kernel the
         conditional is by conjugate gradients and ``marginal_log_prob`` (hence ``joint_log_prob``)
-        is stochastic (:meth:`ntkprior.stored.StoredKernel.logdet`); the ranking is not.
+        is stochastic (:meth:`ntkprior.scale.stored.StoredKernel.logdet`); the ranking is not.
 
     Returns
     -------
@@ -723,7 +723,7 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
     Parameters
     ----------
     arch_or_kernel : architecture, callable, module, precomputed KernelBlocks or stored kernel (see
-        :mod:`ntkprior.sources`); "gd-ensemble" needs both the NTK and the NNGP.
+        :mod:`ntkprior.prior.sources`); "gd-ensemble" needs both the NTK and the NNGP.
     x_train, y_train : (n, d), (n,) or (n, k)
     x_test : (n*, d) or None
         None: predictions at the training inputs (precomputed KernelBlocks: their test blocks if any).
@@ -737,7 +737,7 @@ def predict(arch_or_kernel, x_train, y_train, x_test=None, kind: str = "nngp", *
 
     Notes
     -----
-    A stored training kernel (:class:`ntkprior.stored.StoredKernel`; for "gd-ensemble" a dict
+    A stored training kernel (:class:`ntkprior.scale.stored.StoredKernel`; for "gd-ensemble" a dict
     ``{"ntk": stored_ntk, "nngp": stored_nngp}``) gives the converged (``t=None``) predictions at
     ``x_test`` without forming its n x n matrix: ``H_r^-1 [Y, HX*]`` by one block conjugate-gradient
     solve (relative residual 1e-8 per column; each iteration one pass over the store), the test

@@ -1,0 +1,2 @@
+"""What a person touches: the command line (``cli``), the HTML report (``report``, layout only)
+and the figures (``plots``, no computation)."""

@@ -1,0 +1,197 @@
+"""What every ``ntkprior`` command shares: the Typer app, the bad-input contract, reading and
+writing files, and the options that mean the same everywhere.
+
+Every command reads .npy/.npz/.csv and writes .npz/.json/.csv; bad input exits with
+code 2 and a message naming the problem, never a traceback.
+
+Options mean the same in every command: ``--arch`` (a spec or a .yaml/.json file),
+``--train`` (inputs and labels), ``--test`` (inputs), ``--candidates``, ``--kernel``,
+``--learning-rate``, ``--steps``, ``--seed``, ``--ensemble``, ``--widths``, ``--diag-reg``,
+``--out`` (a file; its suffix picks the format) and ``--format text|json`` (what is printed).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+app = typer.Typer(help="The Neural Tangent Kernel as a prior: kernels, eigenmodes, "
+                       "candidate generalisations, dynamics and reports.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode="markdown")
+
+ARCH_HELP = ('architecture: a one-line spec such as "dense(512, weight_std=1.5, bias_std=0.05) relu '
+             'dense(1)", or a .yaml/.json file holding one')
+TRAIN_HELP = ("training data: a .csv with a header row whose label column is named y (all other columns "
+              "are inputs; no header: the last column is y), or an .npz with arrays x and y")
+TEST_HELP = ("test inputs: a .csv (same input columns as --train; a y column, if any, is scored as the "
+             "candidate 'labels in the test file'), an .npy, or an .npz with array x")
+CANDIDATES_HELP = ("candidate labelings of the test inputs: a .csv with one column per candidate (header = "
+                   "names) and one row per test input, a .json {name: [labels]}, an .npz or an .npy "
+                   "(n_candidates, n_test)")
+FORMAT_HELP = "what to print: text (tables) or json (machine-readable)"
+SMALL = '"[dense(512, weight_std=1.5, bias_std=0.05) relu]*2 dense(1)"'
+
+
+def fails_cleanly(fn):
+    """Turn a ValueError from the library into exit code 2 and a one-line message, and print the
+    library's warnings as ``warning: ...`` lines on stderr (not Python's file:line format)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return fn(*args, **kwargs)
+            except (ValueError, FileNotFoundError) as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
+            finally:
+                for message in dict.fromkeys(str(w.message) for w in caught):
+                    typer.echo(f"warning: {message}", err=True)
+
+    return wrapper
+
+
+def read_inputs(path: Path, name: str) -> np.ndarray:
+    from ntkprior.data import load_array
+    return load_array(path, name)
+
+
+def example(*lines: str) -> str:
+    """An epilog with example command lines, one paragraph each."""
+    return ("Example:" if len(lines) == 1 else "Examples:") + "".join(f"\n\n    {line}" for line in lines)
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in ("text", "json"):
+        raise ValueError(f"--format: expected 'text' or 'json', got {fmt!r}")
+    return fmt
+
+
+def emit(fmt: str, text: str, payload: dict) -> None:
+    """Print the text, or the payload as JSON."""
+    if fmt == "json":
+        from ntkprior.app.report import jsonable
+        typer.echo(json.dumps(jsonable(payload), indent=1))
+    else:
+        typer.echo(text)
+
+
+def write_outputs(out: Optional[Path], payload: dict, csv_table: Optional[tuple] = None) -> None:
+    """Write ``payload`` to ``out`` by its suffix: .npz (arrays), .json, or .csv (``csv_table``)."""
+    if out is None:
+        return
+    from ntkprior.app.report import jsonable
+    suffix = out.suffix.lower()
+    if suffix == ".json":
+        out.write_text(json.dumps(jsonable(payload), indent=1))
+    elif suffix == ".npz":
+        np.savez(out, **{k: np.asarray(jsonable(v) if not isinstance(v, np.ndarray) else v)
+                         for k, v in payload.items() if v is not None})
+    elif suffix == ".csv" and csv_table is not None:
+        header, rows = csv_table
+        with open(out, "w") as f:
+            f.write(",".join(header) + "\n")
+            for row in rows:
+                f.write(",".join(str(v) for v in row) + "\n")
+    else:
+        kinds = ".npz, .json" + (" or .csv" if csv_table is not None else "")
+        raise ValueError(f"--out: cannot write {out.suffix or 'a file without suffix'!r} here; use {kinds}")
+
+
+def parse_numbers(text: str, name: str, cast=float) -> list:
+    """A comma-separated list of numbers, e.g. "64,256,1024" or "10,100,inf"."""
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: could not read {text!r}; write numbers separated by commas, "
+                         "e.g. 64,256,1024") from None
+    if not values:
+        raise ValueError(f"{name}: is empty; write numbers separated by commas")
+    return values
+
+
+def train_data(path: Path):
+    from ntkprior.data import load_labelled
+    return load_labelled(path, "--train")
+
+
+def test_data(path: Optional[Path]):
+    """(test inputs, test labels or None); (None, None) without a test file."""
+    if path is None:
+        return None, None
+    from ntkprior.data import load_labelled
+    return load_labelled(path, "--test", labels="optional")
+
+
+def load_problem(fmt: str, arch: str, train_file: Path, test_file: Optional[Path]):
+    """Check --format and read --arch, --train and --test: (architecture, x, y, x_test, y_test)."""
+    from ntkprior.arch.spec import load_arch
+    check_format(fmt)
+    architecture = load_arch(arch)
+    x, y = train_data(train_file)
+    x_test, y_test = test_data(test_file)
+    return architecture, x, y, x_test, y_test
+
+
+def candidates_for(path: Optional[Path], x_test, y_test) -> Optional[dict]:
+    """Named candidate labelings of the test inputs: the --candidates file, plus the test file's labels."""
+    if x_test is None:
+        if path is not None:
+            raise ValueError("--candidates: candidate labels are for test inputs; pass --test too")
+        return None
+    out = {}
+    if path is not None:
+        from ntkprior.data import load_candidates
+        out.update(load_candidates(path, x_test.shape[0]))
+    if y_test is not None:
+        if y_test.shape[1] != 1:
+            raise ValueError(f"--test: has {y_test.shape[1]} label columns; candidates have one label per "
+                             "test input")
+        out["labels in the test file"] = y_test[:, 0]
+    return out or None
+
+
+# ============================================================================== shared options
+def arch_option(extra: str = ""):
+    return typer.Option(..., "--arch", help=ARCH_HELP + extra)
+
+
+def train_option():
+    return typer.Option(..., "--train", help=TRAIN_HELP)
+
+
+def test_option(extra: str = ""):
+    return typer.Option(None, "--test", help=TEST_HELP + extra)
+
+
+def format_option():
+    return typer.Option("text", "--format", help=FORMAT_HELP)
+
+
+def out_option(what: str):
+    return typer.Option(None, "--out", help=f"write {what}")
+
+
+def learning_rate_option(default: float):
+    return typer.Option(default, "--learning-rate", help="learning rate η of gradient descent on ½·mean "
+                        "squared error")
+
+
+def steps_option(default: int):
+    return typer.Option(default, "--steps", help="gradient-descent steps")
+
+
+def seed_option():
+    return typer.Option(0, "--seed", help="seed of the first network (the others: seed+1, seed+2, ...)")
+
+
+def diag_reg_option():
+    return typer.Option(0.0, "--diag-reg", help="ridge on the training kernel, relative to its mean diagonal")

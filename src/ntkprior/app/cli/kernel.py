@@ -1,0 +1,50 @@
+"""``ntkprior kernel``: exact NNGP and NTK matrices, in memory or blockwise into a zarr store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from ntkprior.app.cli.base import (ARCH_HELP, app, fails_cleanly, read_inputs)
+
+
+# ============================================================================== kernel
+@app.command(epilog='Example: ntkprior kernel --arch "dense(512) relu dense(1)" --x1 x.npy --out K.npz\n\n'
+             'Out of core on Dask: ntkprior kernel --arch "dense(512) relu dense(1)" --x1 x.npy '
+             '--store K.zarr [--scheduler tcp://host:8786]')
+@fails_cleanly
+def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+           x1: Path = typer.Option(..., "--x1", help="inputs (n1, d): .npy, .npz or .csv"),
+           x2: Optional[Path] = typer.Option(None, "--x2", help="second inputs (n2, d); default x1"),
+           out: Path = typer.Option(Path("kernel.npz"), "--out", help="output .npz with nngp and ntk"),
+           diagonal: bool = typer.Option(False, "--diagonal", help="only K(x, x) and Θ(x, x)"),
+           max_memory: str = typer.Option("1GB", "--max-memory", help="memory budget for temporaries"),
+           store: Optional[Path] = typer.Option(None, "--store", help="compute blockwise on Dask into this zarr "
+                                                "store instead of --out (resumes an interrupted run)"),
+           kind: str = typer.Option("ntk", "--kernel", help="with --store: ntk or nngp"),
+           scheduler: Optional[str] = typer.Option(None, "--scheduler", help="with --store: a Dask scheduler "
+                                                   "address; default a LocalCluster on this machine"),
+           block: int = typer.Option(4096, "--block", help="with --store: block size (rows and columns)"),
+           ) -> None:
+    """Exact infinite-width NNGP and NTK of ARCH between x1 and x2, written to an .npz (or a zarr store)."""
+    from ntkprior.arch.spec import load_arch
+    architecture = load_arch(arch)
+    a1 = read_inputs(x1, "--x1")
+    a2 = read_inputs(x2, "--x2") if x2 is not None else None
+    if store is not None:
+        if diagonal:
+            raise ValueError("--diagonal: not available with --store; the diagonal fits in memory, drop --store")
+        from ntkprior.scale.distributed import kernel_matrix
+        stored = kernel_matrix(architecture, a1, a2, kind=kind, store=str(store), block=block,
+                               client=scheduler, progress=True)
+        typer.echo(json.dumps({"store": str(store), "kind": kind, "shape": list(stored.shape),
+                               "arch": str(architecture)}))
+        return
+    k = architecture.kernel(a1, a2, diagonal=diagonal, max_memory=max_memory)
+    np.savez(out, nngp=k.nngp.numpy(), ntk=k.ntk.numpy(), x1_shape=np.array(a1.shape),
+             x2_shape=np.array((a2 if a2 is not None else a1).shape), arch=np.array(str(architecture)))
+    typer.echo(json.dumps({"out": str(out), "shape": list(k.ntk.shape), "arch": str(architecture)}))

@@ -1,0 +1,9 @@
+"""Kernels as numbers: the infinite-width kernel state (``state``), activation maps
+(``activations``: closed forms and quadrature) and the empirical NTK of any torch module
+(``empirical``, loaded on first use: it brings in torch.func)."""
+
+from ntkprior.kernels.activations import ActivationMap, ErfMap, PiecewiseLinearMap, QuadratureMap, derivative
+from ntkprior.kernels.state import KernelState, dense_update, input_state
+
+__all__ = ["ActivationMap", "ErfMap", "KernelState", "PiecewiseLinearMap", "QuadratureMap", "dense_update",
+           "derivative", "input_state"]
