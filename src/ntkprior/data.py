@@ -283,3 +283,23 @@ def load_candidates(path, n_test: int, name: str = "--candidates") -> dict[str, 
                              f"{n_test} test inputs; give one label per test input (csv: one row each)")
         out[str(key)] = labels.numpy()
     return out
+
+
+def jsonable(value):
+    """Tensors, arrays and numpy scalars as plain JSON values (non-finite floats as strings)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else str(v)
+    return value

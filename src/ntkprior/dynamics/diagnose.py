@@ -124,6 +124,20 @@ class Diagnosis:
         """Names of the failed checks."""
         return [c.name for c in self.checks if not c.passed]
 
+    def summary(self) -> dict:
+        """The verdict, checks and figures as a JSON-ready dict (without the training record)."""
+        return {"in_kernel_regime": self.in_kernel_regime, "reasons": self.reasons,
+                "checks": [{"name": c.name, "passed": c.passed, "sentence": c.sentence} for c in self.checks],
+                "notes": self.notes, "m": self.m, "max_stable_lr_analytic": self.max_stable_lr_analytic,
+                "max_stable_lr_empirical": self.max_stable_lr_empirical,
+                "condition_analytic": self.condition_analytic, "condition_empirical": self.condition_empirical,
+                "kernel_drift": self.kernel_drift, "param_change": self.param_change,
+                "train_residual": self.train_residual, "mean_gap": self.mean_gap,
+                "mode_convergence_analytic": self.mode_convergence_analytic,
+                "eigenvalues_analytic": self.eigenvalues_analytic,
+                "ensemble_mean": np.asarray(self.ensemble_mean).reshape(-1),
+                "lee_mean": np.asarray(self.lee_mean).reshape(-1), "lee_std": self.lee_std}
+
     def __str__(self) -> str:
         size = f"width {self.width}, " if self.width is not None else ""
         head = (f"Diagnosis ({size}{self.training.ensemble} networks, {self.steps} steps, "

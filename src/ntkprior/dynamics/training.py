@@ -513,6 +513,12 @@ class WidthSweep:
     learning_rate: float
     seeds: tuple
 
+    def summary(self) -> dict:
+        """A JSON-ready dict: widths, seeds, steps, learning rate, rows and exponents."""
+        return {"widths": [r.width for r in self.rows], "seeds": list(self.seeds), "steps": self.steps,
+                "learning_rate": self.learning_rate, "rows": [vars(r) for r in self.rows],
+                "exponents": self.exponents}
+
     def __str__(self) -> str:
         head = f"{'width':>7} " + " ".join(f"{name:>21}" for name in SWEEP_METRICS) + f" {'loss':>10}"
         lines = [f"width sweep: {len(self.seeds)} seed(s), {self.steps} steps, learning_rate={self.learning_rate:g}", head]

@@ -78,7 +78,7 @@ def check_format(fmt: str) -> str:
 def emit(fmt: str, text: str, payload: dict) -> None:
     """Print the text, or the payload as JSON."""
     if fmt == "json":
-        from ntkprior.app.report import jsonable
+        from ntkprior.data import jsonable
         typer.echo(json.dumps(jsonable(payload), indent=1))
     else:
         typer.echo(text)
@@ -88,7 +88,7 @@ def write_outputs(out: Optional[Path], payload: dict, csv_table: Optional[tuple]
     """Write ``payload`` to ``out`` by its suffix: .npz (arrays), .json, or .csv (``csv_table``)."""
     if out is None:
         return
-    from ntkprior.app.report import jsonable
+    from ntkprior.data import jsonable
     suffix = out.suffix.lower()
     if suffix == ".json":
         out.write_text(json.dumps(jsonable(payload), indent=1))

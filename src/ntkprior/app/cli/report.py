@@ -19,6 +19,8 @@ from ntkprior.app.cli.base import (ARCH_HELP, CANDIDATES_HELP, SMALL, TRAIN_HELP
 @fails_cleanly
 def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="directory for index.html, "
                                     "figures/ and results.json"),
+           study: str = typer.Option("document", "--study", help="which study: document (the analysis of the "
+                                     "document that started the project; the default)"),
            seed: int = typer.Option(0, "--seed", help="seed of the data and of the trained networks"),
            quick: bool = typer.Option(False, "--quick", help="a smoke-sized run (seconds, not minutes)"),
            arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP + " (your data only)"),
@@ -51,6 +53,6 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
     elif any(v is not None for v in (test_file, candidates_file, learning_rate, steps, widths)):
         raise ValueError("--test, --candidates, --learning-rate, --steps, --widths: apply to a report on your "
                          "data; pass --arch and --train too")
-    result = build_report(out, seed=seed, quick=quick, progress=progress, **user)
+    result = build_report(out, study=study, seed=seed, quick=quick, progress=progress, **user)
     typer.echo(f"report written to {result.index} ({len(result.figures)} figures, results in "
                f"{result.results_path.name}) in {result.runtime_s:.0f} s")

@@ -36,7 +36,6 @@ def train_command(arch: str = arch_option(),
     GD-ensemble mean ± std at the same time. Several widths: a width sweep with fitted exponents.
     """
     from ntkprior.prior.prior import predict as kernel_predict
-    from ntkprior.app.report import sweep_summary
     from ntkprior.dynamics.training import train, width_sweep
     architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file)
     chosen = None if widths is None else parse_numbers(widths, "--widths", int)
@@ -45,7 +44,7 @@ def train_command(arch: str = arch_option(),
             raise ValueError("--test: a width sweep compares test outputs; pass --test")
         sweep = width_sweep(architecture, x, y, x_test, chosen, tuple(range(seed, seed + ensemble)), steps,
                             learning_rate, progress=fmt == "text")
-        payload = {"arch": str(architecture), **sweep_summary(sweep)}
+        payload = {"arch": str(architecture), **sweep.summary()}
         write_outputs(out, payload)
         emit(fmt, str(sweep), payload)
         return
@@ -94,11 +93,10 @@ def diagnose(arch: str = arch_option(),
              ) -> None:
     """Will networks of ARCH trained like this match the kernel's prediction, and if not, why?"""
     from ntkprior.dynamics.diagnose import diagnose as run_diagnosis
-    from ntkprior.app.report import diagnosis_summary
     architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file)
     d = run_diagnosis(architecture, x, y, x if x_test is None else x_test, steps, learning_rate, width=width,
                       seed=seed, ensemble=ensemble, progress=fmt == "text")
-    payload = {"learning_rate": d.learning_rate, "steps": d.steps, "width": d.width, **diagnosis_summary(d)}
+    payload = {"learning_rate": d.learning_rate, "steps": d.steps, "width": d.width, **d.summary()}
     if out is not None and out.suffix.lower() == ".npz":
         write_outputs(out, {**{k: v for k, v in payload.items() if k not in ("checks", "reasons", "notes")},
                      "verdict": str(d)})   # .npz holds arrays: the sentences go in as the printed verdict

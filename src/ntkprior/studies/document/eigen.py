@@ -1,0 +1,37 @@
+"""Section 1 of the document's analysis: spectra and eigenvectors of several kernels on one set of inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ntkprior.prior.spectrum import count_sign_changes, eigenmodes
+from ntkprior.studies.progress import Progress, silent
+from ntkprior.studies.result import StudyResult, numbers
+
+
+def eigen_study(panels: dict, x: torch.Tensor, coordinate: np.ndarray, coordinate_label: str,
+                progress: Progress | None = None, max_modes: int = 8) -> StudyResult:
+    """Eigenvalues and the first ``max_modes`` eigenvectors of each ``panels[title] = (arch, kernel)`` on x.
+
+    Sign changes are counted along the input for 1-D inputs only; along a principal coordinate of
+    higher-dimensional inputs neighbours need not be close, and the count would mean nothing. The
+    round-off level n·ε·λ₁ marks the eigenvalues that are noise.
+    """
+    progress = progress or silent()
+    one_d = x.shape[1] == 1
+    order = np.argsort(coordinate, kind="stable")
+    res, drawn = {"n": int(x.shape[0]), "coordinate": coordinate_label, "one_d": one_d, "kernels": {}}, {}
+    for title, (arch, kernel) in panels.items():
+        with progress.task(f"eigenmodes of the {title}"):
+            modes = eigenmodes(arch, x, kernel=kernel)
+        vectors = modes.vectors[order]
+        k = min(max_modes, len(modes))
+        changes = count_sign_changes(vectors[:, :k]) if one_d else None
+        floor = float(x.shape[0] * np.finfo(np.float64).eps * float(modes.values[0]))
+        res["kernels"][title] = {"arch": str(arch), "kernel": kernel, "eigenvalues": numbers(modes.values),
+                                 "sign_changes": None if changes is None else numbers(changes),
+                                 "roundoff_level": floor, "above_roundoff": int((modes.values > floor).sum())}
+        drawn[title] = {"x": coordinate[order], "values": modes.values, "vectors": vectors,
+                        "sign_changes": changes, "floor": floor}
+    return StudyResult("eigenmodes", res, drawn)
