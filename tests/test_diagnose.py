@@ -49,7 +49,8 @@ def test_seed_experiment_is_flagged(five_points):
     assert d.max_stable_lr_analytic < 0.1
     assert np.median(d.condition_empirical) > 10 * d.condition_analytic
     assert np.median(d.train_residual) > 0.1
-    assert "NOT in the kernel regime" in str(d)
+    assert str(d).splitlines()[1].strip().startswith("training has not converged (unconverged_modes)")
+    assert "it may not keep matching (learning_rate, conditioning" in str(d)
 
 
 @pytest.mark.slow
@@ -63,7 +64,8 @@ def test_large_bias_and_safe_learning_rate_agree(five_points):
     assert d.reasons == [] and d.failed == []
     assert d.mode_convergence_analytic.min() > 3
     assert d.mean_gap <= 1 and np.all(d.kernel_drift < 0.1)
-    assert str(d).splitlines()[0].endswith("in the kernel regime: the trained networks agree with the kernel's prediction")
+    assert str(d).splitlines()[0].endswith("the trained ensemble matches the kernel's prediction at this time")
+    assert d.verdicts == {"matches_kernel": True, "converged": True, "keeps_matching": True}
 
 
 @pytest.mark.slow
@@ -129,3 +131,27 @@ def test_bad_inputs(rng):
         diagnose(arch, x, y, xt, 10, 0.1, ensemble=0)
     with pytest.raises(ValueError, match="y_train"):
         diagnose(arch, x, y[:3], xt, 10, 0.1)
+
+
+def test_each_question_has_its_own_verdict(rng):
+    """A failing conditioning or convergence check does not make the headline say the networks
+    depart from the kernel: the headline answers only "does the ensemble match now?"."""
+    import dataclasses
+    from ntkprior.dynamics.diagnose import Check
+    x, xt = rng.normal(size=(6, 2)), rng.normal(size=(4, 2))
+    d = diagnose(L.serial(L.Dense(64, weight_std=1.4, bias_std=1.0), L.ReLU(), L.Dense(1)),
+                 x, np.sin(x[:, :1]), xt, 50, 0.05, ensemble=2)
+    names = ["learning_rate", "unconverged_modes", "conditioning", "kernel_drift", "ensemble_mean"]
+
+    def with_failed(*failed):
+        return dataclasses.replace(d, checks=[Check(n, n not in failed, n) for n in names])
+
+    only_conditioning = with_failed("conditioning")
+    assert only_conditioning.verdicts == {"matches_kernel": True, "converged": True, "keeps_matching": False}
+    assert only_conditioning.in_kernel_regime
+    assert str(only_conditioning).splitlines()[0].endswith("matches the kernel's prediction at this time")
+    unconverged = with_failed("unconverged_modes")
+    assert unconverged.in_kernel_regime and unconverged.answers()[1] == "training has not converged (unconverged_modes)"
+    mismatch = with_failed("ensemble_mean", "kernel_drift")
+    assert not mismatch.in_kernel_regime
+    assert mismatch.answers()[0] == "the trained ensemble does NOT match the kernel's prediction at this time (ensemble_mean)"

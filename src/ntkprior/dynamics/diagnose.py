@@ -16,6 +16,15 @@ reasons MATH.md section 4 lists for a trained network to disagree with its NTK:
 - ``ensemble_mean``: the trained ensemble's mean on the test inputs against the Lee et al.
   (2019) GD-ensemble mean ± std of infinitely wide networks at the same time.
 
+The checks answer three questions, each with its own verdict (``Diagnosis.verdicts``):
+
+1. does the trained ensemble match the kernel's prediction at this time? (``ensemble_mean``) —
+   the headline;
+2. has training converged? (``unconverged_modes``) — a network can match the kernel's
+   prediction at time t while both are still far from the labels;
+3. will it keep matching? (``learning_rate``, ``conditioning``, ``kernel_drift``) — what makes a
+   later or longer run depart from the kernel.
+
 Informational notes: the size of the initial function f0 (single networks scatter around the
 kernel mean by the Lee et al. std) and each network's distance from the infinite-width closed
 form started at its own f0.
@@ -48,6 +57,17 @@ DRIFT_TOL = 0.1
 MEAN_Z, MEAN_BIAS = 3.0, 0.1
 
 
+#: question -> (the checks that answer it, its wording when yes, when no)
+QUESTIONS = {
+    "matches_kernel": (("ensemble_mean",), "the trained ensemble matches the kernel's prediction at this time",
+                       "the trained ensemble does NOT match the kernel's prediction at this time"),
+    "converged": (("unconverged_modes",), "training has converged", "training has not converged"),
+    "keeps_matching": (("learning_rate", "conditioning", "kernel_drift"),
+                       "nothing predicts a departure from the kernel in longer training",
+                       "it may not keep matching"),
+}
+
+
 @dataclass
 class Check:
     """One question of the diagnosis: its name, whether it passed, and a sentence with its figures."""
@@ -61,8 +81,12 @@ class Check:
 class Diagnosis:
     """The verdict of :func:`diagnose` and the figures behind it.
 
-    ``in_kernel_regime`` is True when every check passed; ``reasons`` holds the sentences of the
-    failed checks (empty otherwise), ``checks`` all of them, ``notes`` informational sentences.
+    ``verdicts`` answers the three questions of :data:`QUESTIONS` (``matches_kernel``, the
+    headline; ``converged``; ``keeps_matching``), each True when all of its checks passed.
+    ``in_kernel_regime`` is True when the ensemble matches the kernel, the learning rate is stable
+    and the kernel stays put (lazy training); conditioning and convergence do not decide it.
+    ``reasons`` holds the sentences of the failed checks (empty otherwise), ``checks`` all of them,
+    ``notes`` informational sentences.
     Arrays over networks have the ensemble as first axis; eigenvalues and per-mode figures are
     in descending eigenvalue order. RMS figures are relative to RMS(y_train).
 
@@ -89,7 +113,6 @@ class Diagnosis:
     training : the TrainResult of the ensemble.
     """
 
-    in_kernel_regime: bool
     reasons: list[str]
     checks: list[Check]
     notes: list[str]
@@ -124,9 +147,29 @@ class Diagnosis:
         """Names of the failed checks."""
         return [c.name for c in self.checks if not c.passed]
 
+    @property
+    def in_kernel_regime(self) -> bool:
+        """The ensemble matches the kernel, the learning rate is stable and the kernel stays put."""
+        return not {"ensemble_mean", "learning_rate", "kernel_drift"} & set(self.failed)
+
+    @property
+    def verdicts(self) -> dict[str, bool]:
+        """question -> True when every check answering it passed (see :data:`QUESTIONS`)."""
+        return {q: not set(names) & set(self.failed) for q, (names, _, _) in QUESTIONS.items()}
+
+    def answers(self) -> list[str]:
+        """One sentence per question, the headline first, naming the failed checks."""
+        out = []
+        for q, ok in self.verdicts.items():
+            names, yes, no = QUESTIONS[q]
+            failed = [n for n in names if n in self.failed]
+            out.append(yes if ok else f"{no} ({', '.join(failed)})")
+        return out
+
     def summary(self) -> dict:
         """The verdict, checks and figures as a JSON-ready dict (without the training record)."""
-        return {"in_kernel_regime": self.in_kernel_regime, "reasons": self.reasons,
+        return {"in_kernel_regime": self.in_kernel_regime, "verdicts": self.verdicts, "answers": self.answers(),
+                "reasons": self.reasons,
                 "checks": [{"name": c.name, "passed": c.passed, "sentence": c.sentence} for c in self.checks],
                 "notes": self.notes, "m": self.m, "max_stable_lr_analytic": self.max_stable_lr_analytic,
                 "max_stable_lr_empirical": self.max_stable_lr_empirical,
@@ -142,10 +185,8 @@ class Diagnosis:
         size = f"width {self.width}, " if self.width is not None else ""
         head = (f"Diagnosis ({size}{self.training.ensemble} networks, {self.steps} steps, "
                 f"learning_rate={self.learning_rate:g}): ")
-        head += ("in the kernel regime: the trained networks agree with the kernel's prediction"
-                 if self.in_kernel_regime else
-                 f"NOT in the kernel regime ({len(self.reasons)} reason{'s' * (len(self.reasons) != 1)})")
-        lines = [head]
+        answers = self.answers()
+        lines = [head + answers[0]] + [f"  {a}" for a in answers[1:]]
         lines += [f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.sentence}" for c in self.checks]
         lines += [f"  note {n}" for n in self.notes]
         return "\n".join(lines)
@@ -210,7 +251,7 @@ def _assess(result: TrainResult, theta: SymmetricPSD, y: torch.Tensor, lee, lin,
     checks = [_check_learning_rate(f), _check_convergence(f), _check_conditioning(f),
               _check_drift(f), _check_ensemble_mean(f, gaps, allowed, e)]
     reasons = [c.sentence for c in checks if not c.passed]
-    return Diagnosis(in_kernel_regime=not reasons, reasons=reasons, checks=checks, notes=_notes(f, e),
+    return Diagnosis(reasons=reasons, checks=checks, notes=_notes(f, e),
                      training=result, **f)
 
 
@@ -278,6 +319,9 @@ def _check_convergence(f: dict) -> Check:
                f"have {int(np.median(slow_empirical))} such mode(s) (median), the slowest at ηλ̂t/m = {slowest:.2g}")
     if passed:
         return Check("unconverged_modes", True, f"training has converged: {figures}.")
+    if f["unlearned_analytic"] >= 0.5 * residual:
+        figures += ("; the infinite-width network is as unconverged at this time, so this is not a departure "
+                    "from the kernel's prediction, only an unfinished fit")
     lam_min = float(np.median(f["eigenvalues_empirical"][:, -1]))
     needed = LEARNED * f["m"] / (f["learning_rate"] * lam_min) if lam_min > 0 else math.inf
     return Check("unconverged_modes", False,

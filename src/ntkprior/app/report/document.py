@@ -203,10 +203,7 @@ def training_section(rep: Report, data: Data, sizes: Sizes, settings: list, curv
             panels[title], kernel_mean[title], kernel_std[title] = (drawn["networks"], drawn["kernel_mean"],
                                                                     drawn["kernel_std"])
         for s in res["settings"]:
-            failed = [c["name"] for c in s["checks"] if not c["passed"]]
-            word = "in the kernel regime." if s["in_kernel_regime"] else \
-                f"NOT in the kernel regime ({', '.join(failed)})."
-            rep.finding(f"{setting_title(s)}: {word}")
+            rep.finding(f"{setting_title(s)}: {'; '.join(s['answers'])}.")
         rep.finding("Width sweep exponents: " + ", ".join(
             f"{k} ∝ width^{fmt(v, 2)}" for k, v in res["width_sweep"]["exponents"].items()) + ".")
         training_page(rep, sec, res, data, panels, kernel_mean, kernel_std)
@@ -228,8 +225,8 @@ def training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None:
             "number of steps (the Lee et al. GD-ensemble mean ± 2 std). The diagnoses below give the numbers.",
             "trained networks compared with the kernel prediction"))
         for s in res["settings"]:
-            sec.blocks.append(verdict(f"{setting_title(s)}, {s['ensemble']} networks", s["in_kernel_regime"],
-                                       s["checks"], s["notes"]))
+            sec.blocks.append(verdict(f"{setting_title(s)}, {s['ensemble']} networks", s["answers"],
+                                      s["verdicts"]["matches_kernel"], s["checks"], s["notes"]))
         mc = res["mode_curves"]
         fig = plots.mode_learning_curves(mc["times"], mc["theory"], mc["eigenvalues"],
                                          measured_times=mc["measured_steps"], measured=mc["measured"])

@@ -58,12 +58,13 @@ def paragraph(text: str, cls: str = "") -> str:
     return f'<p class="{cls}">{escape(text)}</p>' if cls else f"<p>{escape(text)}</p>"
 
 
-def verdict(title: str, ok: bool, checks: list, notes: list) -> str:
-    items = "".join(f'<li class="{"ok" if c["passed"] else "fail"}"><b>{"ok" if c["passed"] else "FAIL"}'
-                    f' {escape(c["name"])}</b>: {escape(c["sentence"])}</li>' for c in checks)
+def verdict(title: str, answers: list, ok: bool, checks: list, notes: list) -> str:
+    """A diagnosis: its headline answer (green when ``ok``), the other answers, then every check and note."""
+    items = "".join(f"<li><b>{escape(a)}</b></li>" for a in answers[1:])
+    items += "".join(f'<li class="{"ok" if c["passed"] else "fail"}"><b>{"ok" if c["passed"] else "FAIL"}'
+                     f' {escape(c["name"])}</b>: {escape(c["sentence"])}</li>' for c in checks)
     items += "".join(f'<li class="note"><b>note</b>: {escape(n)}</li>' for n in notes)
-    word = "in the kernel regime" if ok else "NOT in the kernel regime"
-    return (f'<div class="verdict {"good" if ok else "bad"}"><h4>{escape(title)}: {word}</h4>'
+    return (f'<div class="verdict {"good" if ok else "bad"}"><h4>{escape(title)}: {escape(answers[0])}</h4>'
             f"<ul>{items}</ul></div>")
 
 
