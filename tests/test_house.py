@@ -70,3 +70,18 @@ def test_report_names_an_unknown_study(tmp_path):
     with pytest.raises(ValueError, match="study: unknown study 'mnist'; choose one of document"):
         ntp.report.build_report(tmp_path / "r", study="mnist", quick=True)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_command_line_starts_without_torch():
+    """``ntkprior --help`` answers at once: building the CLI imports no torch (issue 13)."""
+    code = "import sys, ntkprior.app.cli; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_every_public_name_resolves():
+    import ntkprior as ntp
+    missing = [name for name in ntp.__all__ if getattr(ntp, name, None) is None]
+    assert not missing
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        ntp.nope

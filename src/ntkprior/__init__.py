@@ -4,53 +4,55 @@ Write an architecture once and get the finite PyTorch network, its exact infinit
 NNGP and NTK, the empirical NTK of any model, the prior over labelings, eigenmodes,
 training dynamics and comparisons with really trained networks. See README.md and docs/.
 
-Loaded on first use (heavier dependencies): ``NeuralKernel`` and ``NTKRegressor``
-(scikit-learn), ``ntkprior.app.plots`` (matplotlib),
-``ntkprior.app.report``, ``ntkprior.scale.distributed`` and ``ntkprior.scale.stored`` (Dask, zarr:
-``pip install "ntkprior[distributed]"``); ``ntp.distributed`` is loaded on first use.
+Every public name loads on first use: ``import ntkprior`` itself imports nothing heavy.
+``ntp.plots`` (matplotlib), ``ntp.report``, ``ntp.estimators`` (scikit-learn), ``ntp.distributed``
+and ``ntp.stored`` (Dask, zarr: the ``distributed`` extra) are the modules ``app.plots``,
+``app.report``, ``prior.estimators``, ``scale.distributed`` and ``scale.stored``.
 """
 
 import importlib
 
-from ntkprior.data import load_array
-from ntkprior.studies.datasets import boolean_cube, interval_grid, seed_sin_data, walsh
-from ntkprior.dynamics.diagnose import Diagnosis, diagnose
-from ntkprior.dynamics.linearized import LinearizedDynamics, Trajectory, linearized_dynamics, max_stable_learning_rate
-from ntkprior.kernels.empirical import empirical_ntk, empirical_ntk_vp
-from ntkprior.arch.layers import (Abs, Dense, DenseModule, Elementwise, Erf, Gelu, Identity, Kernels, LeakyReLU,
-                     ReLU, Serial, SiLU, Sigmoid, Sin, Softplus, Tanh, serial)
-from ntkprior.prior.linalg import IllConditionedWarning, JitterWarning, SymmetricPSD
-from ntkprior.prior.prior import (CandidateRanking, CandidateScore, KernelPrior, LearningRateWarning, ModeTable, Posterior,
-                    predict, rank_candidates)
-from ntkprior.prior.sources import KernelBlocks
-from ntkprior.arch.spec import SpecError, load_arch, parse_spec
-from ntkprior.prior.spectrum import Eigenmodes, count_sign_changes, eigenmodes
-from ntkprior.dynamics.training import TrainResult, WidthSweep, train, width_sweep
-
 __version__ = "0.1.0"
 
-#: public module names kept from the flat layout, loaded on first use (heavy dependencies)
-_LAZY_MODULES = {"distributed": "scale.distributed", "stored": "scale.stored", "plots": "app.plots",
-                 "report": "app.report", "estimators": "prior.estimators"}
-#: names re-exported from modules with heavy imports (scikit-learn), loaded on first use
-_LAZY_NAMES = {"NeuralKernel": "prior.estimators", "NTKRegressor": "prior.estimators"}
+#: public name -> the module that defines it. Everything loads on first use (PEP 562), so
+#: ``import ntkprior`` is instant and ``ntkprior --help`` does not wait for torch.
+_PUBLIC = {
+    "ntkprior.data": ["load_array"],
+    "ntkprior.studies.datasets": ["boolean_cube", "interval_grid", "seed_sin_data", "walsh"],
+    "ntkprior.dynamics.diagnose": ["Diagnosis", "diagnose"],
+    "ntkprior.dynamics.linearized": ["LinearizedDynamics", "Trajectory", "linearized_dynamics",
+                                     "max_stable_learning_rate"],
+    "ntkprior.kernels.empirical": ["empirical_ntk", "empirical_ntk_vp"],
+    "ntkprior.arch.layers": ["Abs", "Dense", "DenseModule", "Elementwise", "Erf", "Gelu", "Identity", "Kernels",
+                             "LeakyReLU", "ReLU", "Serial", "SiLU", "Sigmoid", "Sin", "Softplus", "Tanh", "serial"],
+    "ntkprior.prior.linalg": ["IllConditionedWarning", "JitterWarning", "SymmetricPSD"],
+    "ntkprior.prior.prior": ["CandidateRanking", "CandidateScore", "KernelPrior", "LearningRateWarning", "ModeTable",
+                             "Posterior", "predict", "rank_candidates"],
+    "ntkprior.prior.sources": ["KernelBlocks"],
+    "ntkprior.arch.spec": ["SpecError", "load_arch", "parse_spec"],
+    "ntkprior.prior.spectrum": ["Eigenmodes", "count_sign_changes", "eigenmodes"],
+    "ntkprior.dynamics.training": ["TrainResult", "WidthSweep", "train", "width_sweep"],
+    "ntkprior.prior.estimators": ["NeuralKernel", "NTKRegressor"],
+}
+_WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
+#: public module names kept from the flat layout
+_MODULES = {"distributed": "scale.distributed", "stored": "scale.stored", "plots": "app.plots",
+            "report": "app.report", "estimators": "prior.estimators"}
 
 
 def __getattr__(name):
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f".{_LAZY_MODULES[name]}", __name__)
-    if name in _LAZY_NAMES:
-        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
-    raise AttributeError(f"module 'ntkprior' has no attribute {name!r}")
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{_MODULES[name]}", __name__)
+    else:
+        raise AttributeError(f"module 'ntkprior' has no attribute {name!r}")
+    globals()[name] = value          # later look-ups skip __getattr__
+    return value
 
 
-__all__ = [
-    "Abs", "CandidateRanking", "CandidateScore", "Dense", "DenseModule", "Diagnosis", "Eigenmodes", "Elementwise", "Erf",
-    "Gelu", "IllConditionedWarning", "Identity", "JitterWarning", "KernelBlocks", "KernelPrior", "Kernels", "LearningRateWarning", "LeakyReLU", "LinearizedDynamics",
-    "ModeTable", "NTKRegressor", "NeuralKernel", "Posterior", "ReLU", "Serial", "SiLU", "Sigmoid", "Sin",
-    "Softplus", "SpecError", "SymmetricPSD", "Tanh", "TrainResult", "Trajectory", "WidthSweep",
-    "boolean_cube", "count_sign_changes", "diagnose", "eigenmodes", "empirical_ntk", "empirical_ntk_vp",
-    "interval_grid", "linearized_dynamics", "load_arch", "load_array", "max_stable_learning_rate",
-    "parse_spec", "predict", "rank_candidates", "seed_sin_data", "serial", "train", "walsh",
-    "width_sweep",
-]
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE) | set(_MODULES))
+
+
+__all__ = sorted(_WHERE)
