@@ -85,3 +85,21 @@ def test_every_public_name_resolves():
     assert not missing
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         ntp.nope
+
+
+def test_results_print_as_short_summaries():
+    """print(result) in a notebook is a summary (shapes, key numbers), never a dump of tensors (issue 13)."""
+    import ntkprior as ntp
+    x, y = ntp.seed_sin_data()
+    arch = ntp.serial(ntp.Dense(32), ntp.ReLU(), ntp.Dense(1))
+    xt = ntp.interval_grid(300)
+    results = {
+        "Kernels": arch.kernel(x, xt),
+        "Trajectory": ntp.linearized_dynamics(arch, x, y, xt, learning_rate=0.05).at(list(range(0, 400, 2))),
+        "TrainResult": ntp.train(arch, x, y, xt, steps=20, learning_rate=0.05, ensemble=2, record=20),
+        "KernelBlocks": ntp.KernelBlocks(arch.kernel(x).ntk, arch.kernel(xt, x).ntk),
+    }
+    for name, result in results.items():
+        text = repr(result)
+        assert text.startswith(name) and "tensor(" in text, text
+        assert len(text) < 800 and text.count("\n") == 0, (name, text)

@@ -303,3 +303,28 @@ def jsonable(value):
         v = float(value)
         return v if math.isfinite(v) else str(v)
     return value
+
+
+def describe(value) -> str:
+    """A value in a few characters: tensors and arrays by shape and dtype, long sequences by length."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, np.ndarray):
+        return f"array{value.shape} {value.dtype}" if value.size > 6 else np.array2string(value, precision=4)
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        return f"{type(value).__name__} of {len(value)}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Summarized:
+    """A dataclass mixin: ``repr`` lists each field in a few characters (:func:`describe`), so a
+    result printed in a notebook is a short summary, not a dump of its tensors."""
+
+    def __repr__(self) -> str:
+        import dataclasses
+        fields = ", ".join(f"{f.name}={describe(getattr(self, f.name))}" for f in dataclasses.fields(self)
+                           if f.repr)
+        return f"{type(self).__name__}({fields})"

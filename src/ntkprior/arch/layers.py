@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ntkprior import kernels as km
-from ntkprior.data import DEFAULT_DTYPE, as_inputs, check_same_features, parse_memory
+from ntkprior.data import Summarized, DEFAULT_DTYPE, as_inputs, check_same_features, parse_memory
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -327,8 +327,8 @@ def _check_float(value, name: str, layer: str) -> float:
     return float(value)
 
 
-@dataclass
-class Kernels:
+@dataclass(repr=False)
+class Kernels(Summarized):
     """Infinite-width kernels for one output unit: ``nngp`` K and ``ntk`` Θ (torch float64)."""
 
     nngp: torch.Tensor

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ntkprior.data import as_inputs, as_labels
+from ntkprior.data import Summarized, as_inputs, as_labels
 from ntkprior.dynamics.linearized import max_stable_learning_rate
 from ntkprior.prior.linalg import SymmetricPSD
 from ntkprior.prior.prior import predict
@@ -77,8 +77,8 @@ class Check:
     sentence: str
 
 
-@dataclass
-class Diagnosis:
+@dataclass(repr=False)
+class Diagnosis(Summarized):
     """The verdict of :func:`diagnose` and the figures behind it.
 
     ``verdicts`` answers the three questions of :data:`QUESTIONS` (``matches_kernel``, the

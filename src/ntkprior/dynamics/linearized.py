@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ntkprior.data import as_inputs, as_labels, check_finite, to_tensor
+from ntkprior.data import Summarized, as_inputs, as_labels, check_finite, to_tensor
 from ntkprior.kernels.empirical import empirical_ntk
 from ntkprior.prior.linalg import SymmetricPSD
 from ntkprior.prior.sources import resolve_kernels
@@ -53,8 +53,8 @@ def max_stable_learning_rate(theta, m: int | None = None) -> float:
     return math.inf if lam_max == 0 else 2.0 * m / lam_max
 
 
-@dataclass
-class Trajectory:
+@dataclass(repr=False)
+class Trajectory(Summarized):
     """Outputs of the linearised network at several times. Modes in descending eigenvalue order.
 
     Fields

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, linearize, stack_module_state, vjp, vmap
 
-from ntkprior.data import as_inputs, as_labels, check_same_features
+from ntkprior.data import Summarized, as_inputs, as_labels, check_same_features
 from ntkprior.dynamics.linearized import LinearizedDynamics, check_positive
 from ntkprior.kernels.empirical import empirical_ntk
 from ntkprior.dynamics import _stacked as stacked
@@ -44,8 +44,8 @@ _GROUP_BYTES = 1 << 20
 DEFAULT_RECORDS = 20
 
 
-@dataclass
-class TrainResult:
+@dataclass(repr=False)
+class TrainResult(Summarized):
     """What ``train`` recorded. Leading axes: ensemble member, then recorded step.
 
     Fields
@@ -496,8 +496,8 @@ class WidthSweepRow:
     loss: float
 
 
-@dataclass
-class WidthSweep:
+@dataclass(repr=False)
+class WidthSweep(Summarized):
     """Result of :func:`width_sweep`: one row per width and the fitted power laws.
 
     ``exponents[name]`` is the least-squares slope of log(metric) against log(width) for each

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from ntkprior.data import as_inputs, check_same_features, to_tensor
+from ntkprior.data import Summarized, as_inputs, check_same_features, to_tensor
 from ntkprior.prior.linalg import SymmetricPSD, finite_or_raise, is_stored_kernel
 
 __all__ = ["KERNEL_NAMES", "KernelBlocks", "KernelSource", "resolve_kernels", "check_kernel_name",
@@ -57,8 +57,8 @@ def _matrix(value, name: str, shape: tuple) -> torch.Tensor:
     return finite_or_raise(t, name)
 
 
-@dataclass(frozen=True)
-class KernelBlocks:
+@dataclass(frozen=True, repr=False)
+class KernelBlocks(Summarized):
     """Precomputed matrices of one kernel (e.g. the NTK) on training inputs X and test inputs X*.
 
     Parameters
