@@ -96,9 +96,9 @@ def test_predict_matches_the_library_at_several_times(runner, files):
     post = predict(parse_spec(SPEC), x[:, None], y[:, None], xt[:, None], kind="gd-ensemble",
                    t=[10, 100, np.inf], learning_rate=0.05, cov="diagonal")
     with np.load(d / "p.npz") as z:      # (times, test inputs, outputs); the std is shared by the outputs
-        assert z["mean"].shape == (3, 3, 1) and z["std"].shape == (3, 3)
+        assert z["mean"].shape == (3, 3, 1) and z["std"].shape == (3, 3, 1)
         np.testing.assert_allclose(z["mean"], post.mean.numpy(), rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(z["std"], post.std.numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(z["std"][..., 0], post.std.numpy(), rtol=1e-12, atol=1e-14)
     _run(runner, ["predict", "--arch", SPEC, "--train", d / "train2.npz", "--kind", "nngp", "--out", d / "p.csv"])
     lines = (d / "p.csv").read_text().splitlines()
     assert lines[0] == "mean_0,std" and len(lines) == 8          # on the 7 training inputs
@@ -211,7 +211,7 @@ def test_candidate_files_of_every_format_give_the_same_ranking(runner, files, su
 
 def test_library_warnings_are_printed_as_one_line_each(runner, files):
     d, *_ = files
-    res = _run(runner, ["predict", "--arch", SPEC, "--train", d / "train.csv", "--kind", "ntk", "--t", "1000"])
+    res = _run(runner, ["predict", "--arch", SPEC, "--train", d / "train.csv", "--kind", "ntk", "--t", "1000", "--learning-rate", 1])
     assert "warning: learning_rate=1 exceeds 2m / lambda_max" in res.stderr
     assert "LearningRateWarning" not in res.output and ".py:" not in res.output
 

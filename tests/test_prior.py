@@ -157,7 +157,7 @@ def test_mode_differences_add_up_to_the_log_probability_gap(data):
     nats = [n for _, _, n in worse.mode_differences]
     assert nats == sorted(nats) and ranking.best.mode_differences == ()
     lams = ranking.mode_eigenvalues.numpy()
-    assert all(lams[i] == lam for i, lam, _ in worse.mode_differences)
+    assert all(lams[mode - 1] == lam for mode, lam, _ in worse.mode_differences)      # modes numbered from 1
 
 
 def test_ranking_text_cannot_be_misread_as_comparable_joint_densities(data):
@@ -413,3 +413,12 @@ def test_from_model_uses_the_per_output_empirical_ntk():
     assert post.mean.shape == (3,)
     with pytest.raises(ValueError, match="provides only ntk, not nngp"):
         predict(net, x, y, x[:3], kind="nngp")
+
+
+def test_modes_are_numbered_from_one_everywhere(data):
+    """One convention (issue 13): mode 1 is the largest eigenvalue in KernelPrior.modes' table, in the
+    candidates' mode differences and in the eigen command."""
+    x, _, y, _ = data
+    prior = KernelPrior(sk_kernel(x, x))
+    first_row = prior.modes(y).to_text().splitlines()[2].split()
+    assert first_row[0] == "1" and float(first_row[1]) == pytest.approx(float(prior.modes(y).eigenvalue[0]), rel=1e-3)

@@ -75,7 +75,8 @@ class ModeTable:
         ``sum_j (v_i . y_j)^2 / lambda_i``; with :attr:`remainder` these sum to ``y^T H^-1 y``
         (:attr:`total`).
     cumulative_share : (n,)
-        Share of the total carried by modes 0..i.
+        Share of the total carried by the first i + 1 modes (entry i is mode i + 1: modes are
+        numbered from 1, the largest eigenvalue, in every table and message; arrays index from 0).
     remainder : float
         The contribution of the modes not listed, when only the top k are (``modes(y, k)``):
         ``y^T H^-1 y`` minus the listed contributions; 0 when every mode is listed.
@@ -97,7 +98,7 @@ class ModeTable:
 
     def to_text(self, max_rows: int = 10) -> str:
         proj = self.projection if self.projection.ndim == 1 else self.projection.norm(dim=1)
-        rows = [[str(i), f"{float(self.eigenvalue[i]):.4g}", f"{float(proj[i]):+.4g}",
+        rows = [[str(i + 1), f"{float(self.eigenvalue[i]):.4g}", f"{float(proj[i]):+.4g}",
                  f"{float(self.contribution[i]):.4g}", f"{float(self.cumulative_share[i]):.1%}"]
                 for i in range(min(max_rows, len(self)))]
         header = ["mode", "eigenvalue", "projection" if self.projection.ndim == 1 else "|projection|",
@@ -106,7 +107,7 @@ class ModeTable:
         if self.remainder:
             more += (f"\nthe modes after these {len(self)}: {self.remainder:.4g} "
                      f"({self.remainder / self.total:.1%} of the total)")
-        return (f"y^T H^-1 y = {self.total:.6g}, by eigenmode (largest eigenvalue first)\n"
+        return (f"y^T H^-1 y = {self.total:.6g}, by eigenmode (mode 1: the largest eigenvalue)\n"
                 + _format_table(header, rows) + more)
 
     __str__ = __repr__ = to_text
@@ -275,7 +276,7 @@ class CandidateScore:
     joint_log_prob: float            #: log p(Y, y*) = log p(Y) + log p(y* | Y); see CandidateRanking
     mahalanobis: float               #: (y* - mu*)^T Sigma*^-1 (y* - mu*), summed over outputs
     residuals: torch.Tensor          #: (n*, k) standardised residuals (y* - mu*) / sigma*
-    mode_differences: tuple          #: ((mode, eigenvalue, nats), ...) vs the best candidate
+    mode_differences: tuple          #: ((mode number, 1 = largest eigenvalue; eigenvalue; nats), ...) vs the best
 
     @property
     def max_abs_residual(self) -> float:
@@ -458,7 +459,7 @@ def rank_candidates(arch_or_kernel, x_train, y_train, x_test, candidates, kernel
         if modes is not None and name != scored[0][0]:
             nats = -0.5 * (modes - best_modes)
             worst = torch.argsort(nats)[:top_modes]
-            differences = tuple((int(i), float(joint_values[i]), float(nats[i])) for i in worst)
+            differences = tuple((int(i) + 1, float(joint_values[i]), float(nats[i])) for i in worst)
         rows.append(CandidateScore(name, conditional, conditional - best_conditional,
                                    marginal + conditional, maha, z, differences))
     return CandidateRanking(

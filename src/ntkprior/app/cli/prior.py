@@ -111,7 +111,7 @@ def predict(arch: str = arch_option(),
                                      "(docs/prior.md)"),
             t: Optional[str] = typer.Option(None, "--t", help="training time(s) in steps, comma-separated; "
                                             "inf: converged (for ntk, gd-ensemble, readout)"),
-            learning_rate: float = learning_rate_option(1.0),
+            learning_rate: float = learning_rate_option(0.1),
             diag_reg: float = diag_reg_option(),
             out: Optional[Path] = out_option("mean and std: .npz, .json, or .csv (one time)"),
             fmt: str = format_option(),
@@ -123,7 +123,8 @@ def predict(arch: str = arch_option(),
     post = kernel_predict(architecture, x, y, x_test, kind=kind, learning_rate=learning_rate, diag_reg=diag_reg,
                           t=None if times is None else (times if len(times) > 1 else times[0]), cov="diagonal")
     mean = post.mean.numpy()
-    std = None if post.std is None else post.std.numpy()
+    # one shape for both: std is shared by the k outputs, so it is broadcast to mean's (T,) n*, k
+    std = None if post.std is None else np.broadcast_to(post.std.numpy()[..., None], mean.shape).copy()
     payload = {"arch": str(architecture), "kind": kind, "t": times, "learning_rate": learning_rate,
                "mean": mean, "std": std, "on_train": post.on_train}
     several = times is not None and len(times) > 1
@@ -131,16 +132,28 @@ def predict(arch: str = arch_option(),
     if not several:
         cols = mean.reshape(mean.shape[0], -1)
         header = [f"mean_{j}" for j in range(cols.shape[1])] + ([] if std is None else ["std"])
-        csv_rows = (header, [list(cols[i]) + ([] if std is None else [std[i]]) for i in range(cols.shape[0])])
+        csv_rows = (header, [list(cols[i]) + ([] if std is None else [std[i, 0]]) for i in range(cols.shape[0])])
     elif out is not None and out.suffix.lower() == ".csv":
         raise ValueError("--out: a .csv holds one training time; use .npz or .json for several --t")
     write_outputs(out, payload, csv_rows)
-    where = "training inputs" if post.on_train else f"{mean.shape[-2] if several else len(mean)} test inputs"
+    emit(fmt, _prediction_text(kind, architecture, post.on_train, times, mean, std), payload)
+
+
+def _prediction_text(kind: str, architecture, on_train: bool, times, mean: np.ndarray, std) -> str:
+    """The prediction as a table: one line per input (at most 12), and per time when there are several."""
+    per_time = mean if mean.ndim == 3 else mean[None]
+    stds = None if std is None else (std if std.ndim == 3 else std[None])
+    n = per_time.shape[1]
+    where = "training inputs" if on_train else f"{n} test inputs"
     lines = [f"{kind} prediction of {architecture} at the {where}"
              + ("" if times is None else f", t = {', '.join(f'{v:g}' for v in times)} steps")]
-    for j, row in enumerate(mean.reshape(len(times) if several else 1, -1)):
-        label = f"t = {times[j]:g}: " if several else ""
-        lines.append(label + "mean " + " ".join(f"{v:.4g}" for v in row[:12]) + (" ..." if len(row) > 12 else ""))
-    if std is not None:
-        lines.append("std  " + " ".join(f"{v:.4g}" for v in np.asarray(std).reshape(-1)[:12]))
+    for j in range(per_time.shape[0]):
+        if per_time.shape[0] > 1:
+            lines.append(f"t = {times[j]:g}:")
+        for i in range(min(n, 12)):
+            row = f"  input {i}: mean " + " ".join(f"{v:.4g}" for v in per_time[j, i])
+            lines.append(row + ("" if stds is None else f"  std {stds[j, i, 0]:.4g}"))
+        if n > 12:
+            lines.append(f"  ... {n - 12} more inputs (all of them with --format json or --out)")
+    return "\n".join(lines)
     emit(fmt, "\n".join(lines), payload)
