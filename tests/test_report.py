@@ -220,6 +220,36 @@ def test_report_on_user_data(tmp_path, rng, d):
     # sign changes are counted along an interval only; along a principal coordinate they mean nothing
     changes = res["eigenmodes"]["kernels"]["NTK"]["sign_changes"]
     assert (changes is None) == (d > 1)
+    # every sentence comes from this run: nothing written for the built-in example
+    text = _page_text(html)
+    assert "y* = 3" not in text and "diamonds mark the labels" not in text and "the document" not in text
+
+
+def _page_text(html_text: str) -> str:
+    import html as html_module
+    return html_module.unescape(re.sub(r"<[^>]+>", " ", html_text))
+
+
+def test_report_sweeps_say_how_many_test_inputs_they_show(tmp_path, rng):
+    x, y, x_test = _user_inputs(rng, 1, n_test=6)
+    cands = {f"c{i}": np.full(6, float(i)) for i in range(5)}
+    out = build_report(tmp_path, quick=True, arch="dense(16, weight_std=1.4, bias_std=0.5) relu dense(1)",
+                       x_train=x, y_train=y, x_test=x_test, candidates=cands, steps=20)
+    text = _page_text(out.index.read_text())
+    assert "one curve for each of the first 3 of the 6 test inputs" in text
+    assert "the 4 most probable of the 5 candidate test labelings" in text
+
+
+def test_built_in_report_names_its_document_and_what_its_curves_are(quick):
+    _, res, html_text = quick
+    assert html_text.count("neural-tangent-kernel-distillation") == 1        # named once, with its link
+    text = _page_text(html_text)
+    assert "seed's" not in text and "seed document" not in text
+    tt = res["prior"]["training_time"]
+    assert tt["gradient_flow"] and tt["learning_rate"] > tt["max_stable_learning_rate"]
+    assert "discrete gradient descent at this rate diverges" in text
+    share = res["prior"]["label_prior"]["nngp"]["smallest_mode_share"]
+    assert share > 0.5 and f"{100 * share:.1f} % of YᵀK⁻¹Y" in text
 
 
 @pytest.mark.parametrize("kwargs, message", [

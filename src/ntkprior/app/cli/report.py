@@ -37,7 +37,7 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
            ) -> None:
     """The whole analysis (eigenmodes, the prior over labels, training vs theory, simplicity) as an HTML report.
 
-    With no data it runs the seed document's analysis on built-in data (about a minute on 2 cores);
+    With no data it runs the analysis of the document that started the project on built-in data (about a minute on 2 cores);
     with --arch and --train it runs the same sections on your data. See docs/report.md.
     """
     from ntkprior.app.report import build_report

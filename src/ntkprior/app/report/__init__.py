@@ -101,7 +101,7 @@ def build_report(out="ntkprior-report", *, study: str = "document", seed: int = 
                            "findings": {s.key: s.findings for s in rep.sections},
                            "figures": [p.relative_to(out).as_posix() for p in rep.figures]}
     index = out / "index.html"
-    index.write_text(page(rep, plan.title, plan.subtitle, meta), encoding="utf-8")
+    index.write_text(page(rep, plan.title, plan.subtitle, meta, plan.source), encoding="utf-8")
     results_path = out / "results.json"
     results_path.write_text(json.dumps(jsonable(rep.results), indent=1), encoding="utf-8")
     return ReportOutput(index, results_path, rep.results, list(rep.figures), runtime)

@@ -17,7 +17,7 @@ from ntkprior.dynamics.training import SWEEP_METRICS
 from ntkprior.studies import datasets
 from ntkprior.studies.document.eigen import eigen_study
 from ntkprior.studies.document.prior import prior_study, prior_tasks
-from ntkprior.studies.document.settings import (DEFAULT_ARCHS, SEED_LEARNING_RATE, SEED_STEPS, WELL_LEARNING_RATE,
+from ntkprior.studies.document.settings import (DEFAULT_ARCHS, DOCUMENT, SEED_LEARNING_RATE, SEED_STEPS, WELL_LEARNING_RATE,
                                                 Data, Setting, Sizes, default_data, sweep_count, user_data,
                                                 user_widths)
 from ntkprior.studies.document.simplicity import cube_study, labels_study
@@ -95,14 +95,8 @@ def prior_page(rep: Report, sec: Section, res: dict, data: Data, drawn: dict, tr
         fig = plots.posterior_bands(res["x_plot"], drawn, x_train=data.coordinate(data.x_train),
                                     y_train=data.y_train, candidates=candidates, truth=truth,
                                     xlabel=data.coordinate_label, connect=data.connect)
-        sec.blocks.append(rep.figure(
-            fig, "posteriors", "Mean ± 2 standard deviations of three kernel models given the training points "
-            "(black)" + (", with candidate test labelings (diamonds)" if candidates else "") + ". The NNGP "
-            "posterior is that of Bayesian inference with randomly initialised networks as the prior; the "
-            "GD ensemble is the distribution of infinitely wide networks trained by gradient descent "
-            f"for {res['training_time']['steps']} steps at learning rate "
-            f"{fmt(res['training_time']['learning_rate'])}.",
-            "posterior mean and two-standard-deviation bands of three kernel models"))
+        sec.blocks.append(rep.figure(fig, "posteriors", posterior_caption(res, candidates),
+                                     "posterior mean and two-standard-deviation bands of three kernel models"))
     lp = res["label_prior"]
     sec.blocks.append(table(
         ["prior", "log p(Y)", "squared RKHS norm Yᵀ H⁻¹ Y",
@@ -128,6 +122,36 @@ def prior_page(rep: Report, sec: Section, res: dict, data: Data, drawn: dict, tr
         sweep_page(rep, sec, res["label_sweeps"], data)
 
 
+def posterior_caption(res: dict, candidates: dict | None) -> str:
+    """The posteriors figure's caption, from what this run drew: candidates shown, gradient flow, and an
+    NNGP dominated by its smallest eigenvalue."""
+    tt, lp = res["training_time"], res["label_prior"]
+    text = "Mean ± 2 standard deviations of three kernel models given the training points (black)"
+    if candidates:
+        total = len(res["candidates"]["rows"])
+        shown = "the candidate test labelings" if total == len(candidates) else \
+            f"the {len(candidates)} most probable of the {total} candidate test labelings"
+        text += (f", with {shown} (diamonds; the sets at one test input are drawn slightly apart so that "
+                 "each stays visible — they label the same x*)")
+    text += (". The NNGP posterior is that of Bayesian inference with randomly initialised networks as the "
+             "prior. ")
+    if tt["gradient_flow"]:
+        text += (f"Learning rate {fmt(tt['learning_rate'])} is above the stable maximum 2m/λ_max = "
+                 f"{fmt(tt['max_stable_learning_rate'], 3)}: discrete gradient descent at this rate diverges, so "
+                 f"the third model is the gradient-flow limit of the GD-ensemble formula at the same ηt = "
+                 f"{fmt(tt['learning_rate'] * tt['steps'])}, not real GD.")
+    else:
+        text += (f"The GD ensemble is the distribution of infinitely wide networks trained by gradient descent "
+                 f"for {tt['steps']} steps at learning rate {fmt(tt['learning_rate'])}.")
+    nngp = lp["nngp"]
+    if nngp["smallest_mode_share"] > 0.5:
+        text += (f" The NNGP is nearly singular on these inputs (eigenvalues from {fmt(nngp['eigenvalue'][0], 3)} "
+                 f"down to {fmt(nngp['eigenvalue'][-1], 3)}) and its smallest-eigenvalue mode carries "
+                 f"{100 * nngp['smallest_mode_share']:.1f} % of YᵀK⁻¹Y: its mean between the points is driven "
+                 "by that one mode, and its ±2 std band is too narrow to see. This is correct, not a bug.")
+    return text
+
+
 def where_label(sweep: dict, j: int) -> str:
     """How the page names the test input of a label sweep: its value (1-D) or its number."""
     return f"x* = {fmt(sweep['x'], 3)}" if not isinstance(sweep["x"], list) else f"test input {j + 1}"
@@ -143,11 +167,15 @@ def sweep_page(rep: Report, sec: Section, sweeps: list, data: Data) -> None:
             candidates={where(s): ([m["label"] for m in s["marked"]], [m["conditional"] for m in s["marked"]])
                         for s in sweeps},
             peaks={where(s): (s["mean"], s["peak_conditional"]) for s in sweeps})
+        n_test = data.x_test.shape[0]
+        which = "one curve per test input" if len(sweeps) == n_test else \
+            f"one curve for each of the first {len(sweeps)} of the {n_test} test inputs"
+        marked = (f"; diamonds mark the labels {', '.join(fmt(v, 3) for v in data.marked_labels)}"
+                  if data.marked_labels else "")
         sec.blocks.append(rep.figure(
             fig, "candidate_log_probs", "log p(y* | Y) under the NTK prior as a function of the candidate label "
-            "y*, one curve per test input. Each curve peaks at the kernel's prediction μ* (triangle), and its "
-            "height −½ log 2πσ*² depends on the test input; diamonds mark the labels "
-            f"{', '.join(fmt(v, 3) for v in data.marked_labels)}.",
+            f"y*, {which}. Each curve peaks at the kernel's prediction μ* (triangle), and its "
+            f"height −½ log 2πσ*² depends on the test input{marked}.",
             "conditional log-probability of candidate labels at each test input"))
     headers = ["test input", "μ* (prediction)", "σ*", "peak log p(y*|Y)", "peak joint log p(Y, y*)"]
     for v in data.marked_labels:
@@ -162,8 +190,10 @@ def sweep_page(rep: Report, sec: Section, sweeps: list, data: Data) -> None:
                              "probable is the kernel's prediction μ*, and the ceiling of the joint density "
                              "differs from input to input.", "numbers"))
     first, spread = sweeps[0], max(s["peak_joint"] for s in sweeps) - min(s["peak_joint"] for s in sweeps)
+    question = ("Why “y* = 3 looks most probable”" if 3.0 in data.marked_labels else
+                "Why the most probable label is the kernel's prediction")
     sec.blocks.append(paragraph(
-        f"Why “y* = 3 looks most probable”: at {where(first)} raising y* towards μ* = "
+        f"{question}: at {where(first)} raising y* towards μ* = "
         f"{fmt(first['mean'], 3)} raises its probability and going past μ* lowers it, so the most probable "
         "label is exactly the kernel-regression prediction; a candidate looks best when it is closest to μ*, "
         "in units of σ*. Why joint densities at different inputs cannot be compared: log p(Y, y*) = "
@@ -198,8 +228,10 @@ def training_section(rep: Report, data: Data, sizes: Sizes, settings: list, curv
         res = study.numbers
         rep.results["training"] = res
         panels, kernel_mean, kernel_std = {}, {}, {}
-        for (label, learning_rate, width), drawn in study.arrays["panels"].items():
+        for ((label, learning_rate, width), drawn), entry in zip(study.arrays["panels"].items(), res["settings"]):
             title = f"{label}, η = {fmt(learning_rate)}, width {width}"
+            if learning_rate >= entry["max_stable_lr_analytic"]:
+                title += f"\nη > 2m/λ_max = {fmt(entry['max_stable_lr_analytic'], 3)}: kernel curve = gradient flow"
             panels[title], kernel_mean[title], kernel_std[title] = (drawn["networks"], drawn["kernel_mean"],
                                                                     drawn["kernel_std"])
         for s in res["settings"]:
@@ -207,6 +239,19 @@ def training_section(rep: Report, data: Data, sizes: Sizes, settings: list, curv
         rep.finding("Width sweep exponents: " + ", ".join(
             f"{k} ∝ width^{fmt(v, 2)}" for k, v in res["width_sweep"]["exponents"].items()) + ".")
         training_page(rep, sec, res, data, panels, kernel_mean, kernel_std)
+
+
+def unstable_note(settings: list) -> str:
+    """A sentence naming the panels whose learning rate is above 2m/λ_max (there the kernel curve is the
+    gradient-flow limit, and real gradient descent of the infinite network diverges)."""
+    unstable = [s for s in settings if s["learning_rate"] >= s["max_stable_lr_analytic"]]
+    if not unstable:
+        return ""
+    which = "; ".join(f"{s['label']} at η = {fmt(s['learning_rate'])} (2m/λ_max = "
+                      f"{fmt(s['max_stable_lr_analytic'], 3)})" for s in unstable)
+    return (f" Above the stable learning rate — {which} — discrete gradient descent of the infinitely wide "
+            "network diverges: there the kernel's curve is gradient flow at the same ηt, and the trained "
+            "networks show what finite networks do instead.")
 
 
 def setting_title(s: dict) -> str:
@@ -222,7 +267,8 @@ def training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None:
         sec.blocks.append(rep.figure(
             fig, "trained_vs_kernel", "Each panel: an ensemble of really trained networks (thin lines; dashed: "
             "their mean) over the infinite-width prediction for the same architecture, learning rate and "
-            "number of steps (the Lee et al. GD-ensemble mean ± 2 std). The diagnoses below give the numbers.",
+            "number of steps (the Lee et al. GD-ensemble mean ± 2 std)." + unstable_note(res["settings"])
+            + " The diagnoses below give the numbers.",
             "trained networks compared with the kernel prediction"))
         for s in res["settings"]:
             sec.blocks.append(verdict(f"{setting_title(s)}, {s['ensemble']} networks", s["answers"],
@@ -319,7 +365,7 @@ INTRO = {
              "and its first eight eigenvectors drawn as functions of x (bottom). Gradient descent fits the "
              "large-eigenvalue modes first, and the later eigenvectors oscillate more and more like sinusoids — "
              "the i-th changes sign about i − 1 times.",
-    "prior": "Five noisy samples of sin(x) (black) and what three kernel models of the seed's 3-layer ReLU "
+    "prior": "Five noisy samples of sin(x) (black) and what three kernel models of the document's 3-layer ReLU "
              "network predict from them: Bayesian inference with random networks (NNGP), the NTK-GP, and the "
              "ensemble of infinitely wide networks trained by gradient descent. Candidate labels at test inputs "
              "are then scored by the NTK prior's probability given the training labels, which shows why the "
@@ -377,18 +423,18 @@ def run_default(rep: Report, *, data: Data, sizes: Sizes, seed: int) -> dict:
     truth_x = datasets.interval_grid(201, -4.0, 4.0)
     prior_section(rep, archs["seed"], data, sizes, SEED_STEPS, SEED_LEARNING_RATE, INTRO["prior"],
                    truth=(truth_x[:, 0], torch.sin(truth_x[:, 0])))
-    seed_setting = Setting("seed's settings", archs["seed"], SEED_LEARNING_RATE, *sizes.seed_run)
+    seed_setting = Setting("the document's settings", archs["seed"], SEED_LEARNING_RATE, *sizes.seed_run)
     well = Setting("σ_w = √2, σ_b = 1", archs["well"], WELL_LEARNING_RATE, *sizes.well_run)
     fast = Setting("σ_w = √2, σ_b = 1", archs["well"], SEED_LEARNING_RATE, *sizes.fast_run)
     sweep = replace(well, steps=sizes.sweep_steps, runs=tuple((w, sizes.sweep_seeds) for w in sizes.sweep_widths))
     training_section(rep, data, sizes, [seed_setting, well, fast], well, sweep, seed, INTRO["training"])
     cube_section(rep, archs["cube"], sizes, seed, INTRO["cube"].format(d=superscript(sizes.cube_dim)))
     roles = {"two_layer": "2-layer ReLU (section 1)", "deep": "4-layer ReLU (section 1)",
-             "seed": "the seed's 3-layer ReLU network (sections 2-3)", "well": "σ_w = √2, σ_b = 1 (section 3)",
+             "seed": "the document's 3-layer ReLU network (sections 2-3)", "well": "σ_w = √2, σ_b = 1 (section 3)",
              "cube": "2-layer ReLU on the cube (section 4)"}
     return {"architectures": {roles[k]: v for k, v in DEFAULT_ARCHS.items()},
             "training data": f"5 inputs uniform on [−π, π] (seed {seed}), labels sin(x) + 0.1·N(0, 1)",
-            "seed's training run": f"learning rate {SEED_LEARNING_RATE}, {SEED_STEPS} steps (closed forms); "
+            "the document's training run": f"learning rate {SEED_LEARNING_RATE}, {SEED_STEPS} steps (closed forms); "
                                    f"trained networks here run {sizes.seed_run[0]} steps to fit the time budget"}
 
 
@@ -426,10 +472,10 @@ def plan(sizes: Sizes, seed: int, *, arch=None, x_train=None, y_train=None, x_te
             raise ValueError("x_test, candidates, learning_rate, steps, widths: only apply to a report on your "
                              "data; pass arch, x_train and y_train too")
         data = default_data(sizes, seed)
-        return Plan("ntkprior report: the NTK as a prior, on the seed document's examples",
-                    "The analysis of “The Neural Tangent Kernel as a prior” (SERI MATS 2022), run end to end: "
-                    "eigenmodes, the prior over labels, trained networks against theory, and simplicity.",
-                    default_tasks(data, sizes), partial(run_default, data=data, sizes=sizes, seed=seed))
+        return Plan("ntkprior report: the NTK as a prior, on the examples of the document that started the project",
+                    "Eigenmodes, the prior over labels, trained networks against theory, and simplicity: the "
+                    "analysis of", default_tasks(data, sizes), partial(run_default, data=data, sizes=sizes, seed=seed),
+                    source=DOCUMENT)
     arch = load_arch(arch) if isinstance(arch, str) else arch
     data = user_data(x_train, y_train, x_test, candidates, sizes)
     steps = sizes.user_steps if steps is None else steps

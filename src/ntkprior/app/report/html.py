@@ -77,6 +77,7 @@ class Plan:
     subtitle: str
     tasks: int
     run: Callable[["Report"], dict]
+    source: dict | None = None      #: the document a study follows: title, authors, year, where, url
 
 
 @dataclass
@@ -160,7 +161,13 @@ table.specs td:first-child{font-family:inherit}table.specs th{text-align:left}
 """
 
 
-def page(rep: Report, title: str, subtitle: str, meta: dict) -> str:
+def citation(source: dict) -> str:
+    """A document named once: “title” (authors, where, year), linked."""
+    return (f'“<a href="{escape(source["url"])}">{escape(source["title"])}</a>” ({escape(source["authors"])}, '
+            f'{escape(source["where"])}, {source["year"]})')
+
+
+def page(rep: Report, title: str, subtitle: str, meta: dict, source: dict | None = None) -> str:
     nav = "".join(f'<a href="#{s.key}">{escape(s.title)}</a>' for s in rep.sections)
     findings = "".join(f"<li><b>{escape(s.title)}</b><ul>" + "".join(f"<li>{escape(f)}</li>" for f in s.findings)
                        + "</ul></li>" for s in rep.sections if s.findings)
@@ -178,6 +185,6 @@ def page(rep: Report, title: str, subtitle: str, meta: dict) -> str:
                     for k, v in meta.items())
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-            f"<body><h1>{escape(title)}</h1><p>{escape(subtitle)}</p><ul class=\"meta\">{facts}</ul>"
+            f"<body><h1>{escape(title)}</h1><p>{escape(subtitle)}{' ' + citation(source) if source else ''}</p><ul class=\"meta\">{facts}</ul>"
             f'<div class="findings"><h3>Findings</h3><ul>{findings}</ul></div><nav>{nav}</nav>'
             + "".join(body) + "</body></html>")

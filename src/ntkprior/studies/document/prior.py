@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from ntkprior.dynamics.linearized import max_stable_learning_rate
 from ntkprior.prior.prior import KernelPrior, predict, rank_candidates
 from ntkprior.studies.document.settings import Data, Sizes, sweep_count
 from ntkprior.studies.progress import Progress, silent
@@ -55,11 +56,14 @@ def label_sweep(arch, x, y, x_star: torch.Tensor, values: np.ndarray, marked: tu
                         "z": float(by_name[f"y*={v:.6g}"].residuals[0, 0])} for v in marked]}
 
 
-def posterior_kinds(t: int, learning_rate: float) -> dict:
-    """The three kernel models drawn: title -> options of :func:`~ntkprior.prior.prior.predict`."""
+def posterior_kinds(t: int, learning_rate: float, stable: bool) -> dict:
+    """The three kernel models drawn: title -> options of :func:`~ntkprior.prior.prior.predict`. Above the
+    stable learning rate the GD-ensemble formula is that of gradient flow (discrete GD diverges), and
+    the title says so."""
+    ensemble = f"GD ensemble at t = {t} steps" if stable else f"gradient flow for ηt = {learning_rate * t:g}"
     return {"NNGP posterior (random networks, Bayes)": dict(kind="nngp"),
             "NTK-GP posterior": dict(kind="ntkgp"),
-            f"GD ensemble at t = {t} steps": dict(kind="gd-ensemble", t=t, learning_rate=learning_rate)}
+            ensemble: dict(kind="gd-ensemble", t=t, learning_rate=learning_rate)}
 
 
 def prior_study(arch, data: Data, sizes: Sizes, t: int, learning_rate: float,
@@ -67,10 +71,13 @@ def prior_study(arch, data: Data, sizes: Sizes, t: int, learning_rate: float,
     """Posteriors on ``data.x_plot``, the prior of the training labels, the candidates' ranking and a
     label sweep at each of the first test inputs (:func:`~ntkprior.studies.document.settings.sweep_count`)."""
     progress = progress or silent()
+    lr_max = max_stable_learning_rate(arch.kernel(data.x_train).ntk)
     res = {"arch": str(arch), "x_train": data.x_train, "y_train": data.y_train,
-           "training_time": {"steps": t, "learning_rate": learning_rate}, "posteriors": {}}
+           "training_time": {"steps": t, "learning_rate": learning_rate, "max_stable_learning_rate": lr_max,
+                             "gradient_flow": learning_rate >= lr_max},
+           "posteriors": {}}
     drawn = {}
-    for title, options in posterior_kinds(t, learning_rate).items():
+    for title, options in posterior_kinds(t, learning_rate, learning_rate < lr_max).items():
         with progress.task(f"posterior: {options['kind']}"):
             post = predict(arch, data.x_train, data.y_train, data.x_plot, cov="diagonal", **options)
         res["posteriors"][options["kind"]] = {"title": title, "mean": numbers(post.mean), "std": numbers(post.std)}

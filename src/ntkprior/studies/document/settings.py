@@ -11,9 +11,14 @@ import torch
 from ntkprior.data import as_inputs, as_labels, check_same_features
 from ntkprior.studies import datasets
 
+#: The document that started the project; pages name it once (with its link) and say "the document" after.
+DOCUMENT = {"title": "Neural Tangent Kernel Distillation", "authors": "Thomas Larsen and Jeremy Gillen",
+            "year": 2022, "where": "LessWrong, SERI ML Alignment Theory Scholars Program",
+            "url": "https://www.lesswrong.com/posts/QzpKq92nXqp8NHM34/neural-tangent-kernel-distillation"}
+
 _W = "weight_std=1.5, bias_std=0.05"
 _ROOT2 = "weight_std=1.4142135623730951, bias_std=1.0"
-#: The built-in architectures (one-line specs). "seed": the seed's 3-Dense-layer ReLU network;
+#: The built-in architectures (one-line specs). "seed": the document's 3-Dense-layer ReLU network;
 #: "well": the same with sigma_w = sqrt(2), sigma_b = 1, which the kernel describes well.
 DEFAULT_ARCHS = {
     "two_layer": f"dense(512, {_W}) relu dense(1, {_W})",
@@ -22,13 +27,13 @@ DEFAULT_ARCHS = {
     "well": f"[dense(512, {_ROOT2}) relu]*2 dense(1, {_ROOT2})",
     "cube": f"dense(512, {_ROOT2}) relu dense(1, {_ROOT2})",
 }
-#: The seed's training run: learning rate 0.1 for 10 000 steps (closed forms use this time).
+#: The document's training run: learning rate 0.1 for 10 000 steps (closed forms use this time).
 SEED_LEARNING_RATE, SEED_STEPS = 0.1, 10_000
 #: A learning rate safely below 2m / lambda_max (about 0.075 for "well" on the five points).
 WELL_LEARNING_RATE = 0.05
-#: Test inputs of the candidate labels: either side of 0, where the seed saw bumps, and beyond the data.
+#: Test inputs of the candidate labels: either side of 0, where the document saw bumps, and beyond the data.
 CANDIDATE_INPUTS = (-0.25, 0.25, 2.75)
-#: The seed's own candidate labels ("y = 3 looks most probable", "y = 0.7 at the other bump").
+#: The document's own candidate labels ("y = 3 looks most probable", "y = 0.7 at the other bump").
 SEED_LABELS = (0.7, 3.0)
 
 
@@ -38,9 +43,9 @@ class Sizes:
 
     eigen_points: int          #: grid points for the eigenmodes (section 1)
     plot_points: int           #: grid points for posteriors and trained networks
-    seed_run: tuple            #: (steps, ((width, networks), ...)) at the seed's settings (it ran 10 000 steps)
+    seed_run: tuple            #: (steps, ((width, networks), ...)) at the document's settings (it ran 10 000 steps)
     well_run: tuple            #: the same for "well" at learning rate 0.05 (eta lambda_min t / m >= 3 needs 1170)
-    fast_run: tuple            #: the same for "well" at the seed's learning rate 0.1 (above 2m / lambda_max)
+    fast_run: tuple            #: the same for "well" at the document's learning rate 0.1 (above 2m / lambda_max)
     curve_width: int           #: the single network whose per-mode residuals are tracked
     curve_records: int
     sweep_widths: tuple
