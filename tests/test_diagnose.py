@@ -2,6 +2,7 @@
 against independent computations."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -155,3 +156,12 @@ def test_each_question_has_its_own_verdict(rng):
     mismatch = with_failed("ensemble_mean", "kernel_drift")
     assert not mismatch.in_kernel_regime
     assert mismatch.answers()[0] == "the trained ensemble does NOT match the kernel's prediction at this time (ensemble_mean)"
+
+
+def test_sentences_name_test_inputs_by_their_value(five_points):
+    """"test input 51" means nothing to a reader who never saw the grid: say x (issue 13)."""
+    x, y, xt = five_points
+    d = diagnose(seed_network(math.sqrt(2), 1.0), x, y, xt, 20, 0.05, width=32, ensemble=2)
+    sentence = next(c.sentence for c in d.checks if c.name == "ensemble_mean")
+    value = re.search(r"\(at x = (-?[0-9.e+-]+),", sentence)
+    assert value and any(abs(float(value.group(1)) - v) < 1e-3 for v in xt[:, 0]), sentence

@@ -217,10 +217,11 @@ def diagnose(arch, x_train, y_train, x_test, steps: int, learning_rate: float, *
         warnings.simplefilter("ignore", UserWarning)
         lee = predict(net, x_train, y, x_test, kind="gd-ensemble", t=steps, learning_rate=result.learning_rate)
         lin = same_f0_prediction(theta, net.kernel(x_test, x_train).ntk, y, result)
-    return _assess(result, theta, y, lee, lin, width)
+    return _assess(result, theta, y, lee, lin, width, x_test)
 
 
-def _assess(result: TrainResult, theta: SymmetricPSD, y: torch.Tensor, lee, lin, width) -> Diagnosis:
+def _assess(result: TrainResult, theta: SymmetricPSD, y: torch.Tensor, lee, lin, width,
+            x_test: torch.Tensor) -> Diagnosis:
     lr, steps, m = result.learning_rate, int(result.steps[-1]), y.numel()
     scale = float(rms(y))
     lam, vec = (a.flip(-1) for a in theta.eigh())
@@ -249,7 +250,7 @@ def _assess(result: TrainResult, theta: SymmetricPSD, y: torch.Tensor, lee, lin,
     gaps = np.abs(f["ensemble_mean"] - f["lee_mean"]) / allowed
     f["mean_gap"] = float(np.max(gaps)) if np.all(np.isfinite(gaps)) else math.inf
     checks = [_check_learning_rate(f), _check_convergence(f), _check_conditioning(f),
-              _check_drift(f), _check_ensemble_mean(f, gaps, allowed, e)]
+              _check_drift(f), _check_ensemble_mean(f, gaps, allowed, e, x_test)]
     reasons = [c.sentence for c in checks if not c.passed]
     return Diagnosis(reasons=reasons, checks=checks, notes=_notes(f, e),
                      training=result, **f)
@@ -366,7 +367,16 @@ def _diverged_note(f: dict) -> str:
     return f" that did not diverge; {f['diverged']} did" if f["diverged"] else ""
 
 
-def _check_ensemble_mean(f: dict, gaps: np.ndarray, allowed: np.ndarray, e: int) -> Check:
+def _input_name(x_test: torch.Tensor, j: int) -> str:
+    """A test input as a reader can find it: its value (up to three coordinates), not an index alone."""
+    x = x_test[j].tolist()
+    if len(x) == 1:
+        return f"at x = {x[0]:.4g}"
+    coords = ", ".join(f"{v:.3g}" for v in x[:3]) + (", ..." if len(x) > 3 else "")
+    return f"at test input {j + 1} of {x_test.shape[0]}, x = ({coords})"
+
+
+def _check_ensemble_mean(f: dict, gaps: np.ndarray, allowed: np.ndarray, e: int, x_test: torch.Tensor) -> Check:
     if f["diverged"]:
         return Check("ensemble_mean", False, f"the ensemble mean is not finite: {f['diverged']} of {e} "
                      "networks diverged.")
@@ -374,7 +384,7 @@ def _check_ensemble_mean(f: dict, gaps: np.ndarray, allowed: np.ndarray, e: int)
     j = np.unravel_index(np.nanargmax(np.where(np.isfinite(gaps), gaps, np.inf)), gaps.shape)
     diff = abs(f["ensemble_mean"][j] - f["lee_mean"][j])
     figures = (f"the mean of the {e} trained networks differs from the Lee et al. GD-ensemble mean by up to "
-               f"{diff:.3g} (test input {j[0]}, Lee et al. std {f['lee_std'][j[0]]:.3g}; allowed "
+               f"{diff:.3g} ({_input_name(x_test, j[0])}, Lee et al. std {f['lee_std'][j[0]]:.3g}; allowed "
                f"{MEAN_Z:g}σ/√{e} + {MEAN_BIAS:g}·RMS(y) = {allowed[j]:.3g})")
     if passed:
         return Check("ensemble_mean", True, f"{figures}.")
