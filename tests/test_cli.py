@@ -224,3 +224,18 @@ def test_train_csv_without_a_header_takes_the_last_column_as_label(runner, files
     mean = np.array(json.loads(res.stdout)["mean"])[:, 0]
     np.testing.assert_allclose(mean, predict(parse_spec(SPEC), torch.from_numpy(x)[:, None], y, kind="nngp").mean,
                                rtol=1e-10, atol=1e-10)
+
+
+def test_a_csv_y_column_is_a_label_for_every_command(runner, tmp_path):
+    """One rule for CSV columns (issue 13): kernel --x1 and eigen --x leave a y column out of the
+    inputs, as --train does, and say which columns they used."""
+    table = tmp_path / "train.csv"
+    x = np.linspace(-1, 1, 5)
+    np.savetxt(table, np.c_[x, 2 * x, np.sin(x)], delimiter=",", header="a,b,y", comments="")
+    res = _run(runner, ["kernel", "--arch", SPEC, "--x1", table, "--out", tmp_path / "k.npz"])
+    assert res.exit_code == 0, res.output
+    assert "label column(s) y, left out; the inputs are its 2 other column(s): a, b" in res.stderr
+    with np.load(tmp_path / "k.npz") as z:
+        np.testing.assert_allclose(z["ntk"], parse_spec(SPEC).kernel(np.c_[x, 2 * x]).ntk.numpy(), rtol=1e-12)
+    res = _run(runner, ["eigen", "--arch", SPEC, "--x", table, "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n"] == 5

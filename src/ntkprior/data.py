@@ -170,6 +170,16 @@ def _load_csv(p: Path, name: str) -> np.ndarray:
 _LABEL_COLUMN = re.compile(r"y(_?\d+)?")
 
 
+def csv_columns(path) -> tuple[list[str], list[str]] | None:
+    """(input column names, label column names) of a CSV file with a header, None without one: a
+    column named ``y``, ``y1``, ``y_1``, ... is a label everywhere, every other column an input."""
+    header = _csv_header(Path(path))
+    if header is None:
+        return None
+    return ([h for h in header if not _LABEL_COLUMN.fullmatch(h.lower())],
+            [h for h in header if _LABEL_COLUMN.fullmatch(h.lower())])
+
+
 def _csv_header(p: Path) -> list[str] | None:
     """The column names of a CSV file, or None when its first row is numeric (no header)."""
     with open(p) as f:

@@ -60,8 +60,17 @@ def fails_cleanly(fn):
 
 
 def read_inputs(path: Path, name: str) -> np.ndarray:
-    from ntkprior.data import load_array
-    return load_array(path, name)
+    """Inputs from .npy/.npz/.csv. In a CSV, columns named y, y1, ... are labels, as for --train: they
+    are left out of the inputs, and a note says which columns were used."""
+    from ntkprior.data import csv_columns, load_array, load_labelled
+    if Path(path).suffix.lower() not in (".csv", ".txt"):
+        return load_array(path, name)
+    x, y = load_labelled(path, name, labels="optional")
+    if y is not None:
+        inputs, labels = csv_columns(path)
+        typer.echo(f"note: {name}: {path} has label column(s) {', '.join(labels)}, left out; the inputs are "
+                   f"its {len(inputs)} other column(s): {', '.join(inputs)}", err=True)
+    return x
 
 
 def example(*lines: str) -> str:
