@@ -206,6 +206,42 @@ def eigenmode_overview(panels: Mapping[str, Mapping], *, max_modes: int = 8, xla
     return _finish(fig, title)
 
 
+@_styled
+def eigenvector_maps(xy, vectors, *, eigenvalues=None, max_modes: int = 8, xlabel: str = "x₁",
+                     ylabel: str = "x₂", title: str | None = None) -> Figure:
+    """Eigenvectors over 2-D inputs: one scatter panel per mode, each input coloured by the
+    eigenvector's value there (a diverging map centred at 0, so sign changes are the colour flips).
+
+    ``xy`` (n, 2): the inputs, or two coordinates of them (e.g. the first two principal
+    coordinates of higher-dimensional inputs); ``vectors`` (n, k), largest eigenvalue first.
+    """
+    xy = _array(xy, "xy", 2)
+    if xy.shape[1] != 2:
+        raise ValueError(f"xy: expected 2 coordinates per input, got shape {xy.shape}")
+    vectors = _array(vectors, "vectors", 2)
+    _same_length(xy, vectors, "xy", "vectors")
+    values = None if eigenvalues is None else _array(eigenvalues, "eigenvalues", 1)
+    k = min(max_modes, vectors.shape[1])
+    ncols = min(4, k)
+    nrows = -(-k // ncols)
+    fig, axes = _figure(nrows, ncols, width=2.9 * ncols, height=2.7 * nrows + 0.5, sharex=True, sharey=True)
+    for ax in axes.flat[k:]:
+        ax.set_visible(False)
+    for i in range(k):
+        ax = axes.flat[i]
+        v = vectors[:, i]
+        scale = float(np.max(np.abs(v))) or 1.0
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=v, cmap="RdBu_r", vmin=-scale, vmax=scale, s=22,
+                            edgecolors="0.3", linewidths=0.3)
+        ax.set_title(f"mode {i + 1}" + ("" if values is None else f" (λ={values[i]:.3g})"), fontsize=9)
+        if i % ncols == 0:
+            ax.set_ylabel(ylabel)
+        if i // ncols == nrows - 1 or i + ncols >= k:
+            ax.set_xlabel(xlabel)
+    fig.colorbar(points, ax=axes.ravel().tolist(), shrink=0.8, label="eigenvector value (each scaled to ±1)")
+    return _finish(fig, title)
+
+
 # ================================================================================== posteriors
 def _draw_training_points(ax, x_train, y_train) -> None:
     ax.plot(x_train, y_train, "o", color=OKABE_ITO["black"], ms=6, zorder=5, label="training points")
@@ -281,10 +317,12 @@ def _draw_candidates(ax, candidates: Mapping[str, tuple], x_range: float) -> Non
 
 
 def _legend_below(fig: Figure, ax) -> None:
-    """One legend for the whole figure, below the panels, from the handles of ``ax``."""
+    """One legend for the whole figure, below the panels, from the handles of ``ax``; as many columns
+    as fit the figure's width (about 1.7 inches each), so that no entry is clipped."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)))
+        fits = max(1, int(fig.get_figwidth() // 1.7))
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles), fits))
 
 
 @_styled
@@ -349,7 +387,7 @@ def trained_vs_kernel(x, kernel_mean, kernel_std, trained: Mapping[str, object],
     order = np.argsort(x, kind="stable")
     ncols = 2 if len(trained) == 4 else min(len(trained), 3)
     nrows = -(-len(trained) // ncols)
-    fig, axes = _figure(nrows, ncols, width=4.2 * ncols, height=3.4 * nrows + 0.6, sharey=True)
+    fig, axes = _figure(nrows, ncols, width=max(4.2 * ncols, 6.0), height=3.4 * nrows + 0.9, sharey=True)
     for ax in axes.flat[len(trained):]:
         ax.set_visible(False)
     for j, (name, outputs) in enumerate(trained.items()):
@@ -395,22 +433,25 @@ def mode_learning_curves(times, residuals, eigenvalues, *, measured_times=None, 
     values = _array(eigenvalues, "eigenvalues", 1)
     _same_length(times, residuals, "times", "residuals")
     k = min(max_modes, residuals.shape[1], values.shape[0])
-    colors = matplotlib.colormaps[SEQUENTIAL](np.linspace(0.0, 0.85, max(k, 2)))
+    # categorical colours: a mode's markers must be told apart from its neighbours' (a sequential
+    # map made adjacent modes near-identical); each mode also gets its own marker shape
+    colors, markers = [CYCLE[i % len(CYCLE)] for i in range(k)], "osD^vP*X"
     fig, axes = _figure(width=6.8, height=4.2)
     ax = axes[0, 0]
     keep = times > 0
     for i in range(k):
         ax.loglog(times[keep], np.where(residuals[keep, i] > 0, residuals[keep, i], np.nan),
-                  color=colors[i], label=f"mode {i + 1} (λ={values[i]:.3g})")
+                  color=colors[i], label=f"mode {i + 1} (λ={values[i]:.3g})", marker=markers[i % len(markers)],
+                  markevery=[], mfc="none")      # the marker only in the legend: it names the mode's markers
     if measured is not None:
         mt = _array(measured_times, "measured_times", 1)
         meas = np.abs(_array(measured, "measured", 2))
         _same_length(mt, meas, "measured_times", "measured")
         keep = mt > 0
         for i in range(min(k, meas.shape[1])):
-            ax.loglog(mt[keep], np.where(meas[keep, i] > 0, meas[keep, i], np.nan), "o", ms=3.5,
-                      color=colors[i], mfc="none")
-        ax.plot([], [], "o", mfc="none", color="0.3", label="trained network")
+            ax.loglog(mt[keep], np.where(meas[keep, i] > 0, meas[keep, i], np.nan), markers[i % len(markers)],
+                      ms=4, color=colors[i], mfc="none")
+        ax.plot([], [], "o", mfc="none", color="0.3", label="trained network (markers)")
     top = np.nanmax(residuals[:, :k]) if residuals.size else 1.0
     if top > 0:
         ax.set_ylim(top * 1e-6, top * 3)     # below a millionth of the start a mode is learned
@@ -477,9 +518,10 @@ def walsh_spectrum(degrees, eigenvalues, *, multiplicities=None, highlight: Mapp
     if multiplicities is not None:
         mult = _array(multiplicities, "multiplicities", 1)
         _same_length(degrees, mult, "degrees", "multiplicities")
-        for d, v, m in zip(degrees, values, mult):
-            ax.annotate(f"×{int(m)}", (d, v), xytext=(0, 6), textcoords="offset points",
-                        ha="center", fontsize=7.5, color="0.35")
+        for d, v, m in zip(degrees, values, mult):     # right of the point, clear of highlight squares
+            ax.annotate(f"×{int(m)}", (d, v), xytext=(9, 3), textcoords="offset points",
+                        ha="left", va="bottom", fontsize=7.5, color="0.35")
+        ax.margins(x=0.06, y=0.12)
     for i, (label, degree) in enumerate((highlight or {}).items()):
         hit = degrees == degree
         ax.plot(degrees[hit], values[hit], "s", ms=11, mfc="none", mew=2,

@@ -49,15 +49,19 @@ def eigen(arch: str = arch_option(),
     rows = [[i + 1, f"{float(v):.6g}", "" if changes is None else changes[i]] for i, v in enumerate(modes.values)]
     write_outputs(out, payload, (["mode", "eigenvalue", "sign_changes"], rows))
     if figure is not None:
+        import textwrap
+        title = "\n".join(textwrap.wrap(f"{kernel.upper()} of {architecture}", 70))
         if one_d:
-            coordinate, label = inputs[:, 0], "input x"
-        else:
-            from sklearn.decomposition import PCA
-            coordinate, label = PCA(1).fit_transform(inputs)[:, 0], "principal coordinate of the input"
-        title = f"{kernel.upper()} of {architecture}"
-        fig = plots.eigenmode_overview({title if len(title) <= 60 else title[:57] + "...": {
-            "x": coordinate, "values": modes.values, "vectors": modes.vectors, "sign_changes": changes}},
-            xlabel=label)
+            fig = plots.eigenmode_overview({title: {"x": inputs[:, 0], "values": modes.values,
+                                                    "vectors": modes.vectors, "sign_changes": changes}})
+        else:       # 2-D inputs drawn as they are; more dimensions on their first two principal coordinates
+            if inputs.shape[1] == 2:
+                xy, labels = inputs, ("x₁", "x₂")
+            else:
+                from sklearn.decomposition import PCA
+                xy, labels = PCA(2).fit_transform(inputs), ("principal coordinate 1", "principal coordinate 2")
+            fig = plots.eigenvector_maps(xy, modes.vectors, eigenvalues=modes.values, xlabel=labels[0],
+                                         ylabel=labels[1], title=title)
         fig.savefig(figure, dpi=110)
     text = "\n".join([f"{kernel.upper()} of {architecture} on {len(inputs)} inputs: top {len(modes)} eigenpairs",
                       "mode  eigenvalue" + ("  sign changes" if one_d else "")]

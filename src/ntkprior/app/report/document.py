@@ -265,9 +265,11 @@ def training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None:
                                       kernel_label="GD ensemble (kernel)", xlabel=data.coordinate_label,
                                       connect=data.connect)
         sec.blocks.append(rep.figure(
-            fig, "trained_vs_kernel", "Each panel: an ensemble of really trained networks (thin lines; dashed: "
-            "their mean) over the infinite-width prediction for the same architecture, learning rate and "
-            "number of steps (the Lee et al. GD-ensemble mean ± 2 std)." + unstable_note(res["settings"])
+            fig, "trained_vs_kernel", "Each panel: an ensemble of really trained networks ("
+            + ("thin lines; dashed: their mean" if data.connect else "dots; crosses: their mean, at each input")
+            + ") over the infinite-width prediction for the same architecture, learning rate and "
+            "number of steps (the Lee et al. GD-ensemble mean ± 2 std" + ("" if data.connect else ", as error bars")
+            + ")." + unstable_note(res["settings"])
             + " The diagnoses below give the numbers.",
             "trained networks compared with the kernel prediction"))
         for s in res["settings"]:
