@@ -329,3 +329,27 @@ def test_impossible_requests_raise_clear_errors():
         with pytest.raises(ValueError, match=message):
             call()
     assert isinstance(pool_spectrum(K), PoolSpectrum)
+
+
+# ------------------------------------------------------------------------------ trained networks
+def test_trained_ensembles_follow_the_gd_ensemble_of_their_kernel():
+    from ntkprior.dynamics.learning_curves import trained_learning_curve
+    arch = ntp.parse_spec(CUBE_ARCH.replace("512", "1024"))
+    x = ntp.boolean_cube(5)
+    y = ntp.walsh(x, [0, 1]) + 0.5 * ntp.walsh(x, [2])
+    sizes, steps, ensemble = [8, 16], 500, 16
+    curve = trained_learning_curve(arch, x, y, sizes, steps=steps, ensemble=ensemble, seed=3)
+    assert curve.train_loss.max() < 1e-4     # nearly converged (the reference is at the same t anyway)
+    for i, n in enumerate(sizes):
+        (train, test, _), = training_subsets(32, n, 1, 3)      # the same subset as the trained one
+        post = ntp.predict(arch, x[train], y[train], x[test], kind="gd-ensemble", t=steps,
+                           learning_rate=float(curve.learning_rates[i, 0]), cov="diagonal")
+        bias, var = float(((post.mean.reshape(-1) - y[test]) ** 2).mean()), float((post.std ** 2).mean())
+        # infinite width: E[member MSE] = bias + var, E[ensemble-mean MSE] = bias + var / ensemble.
+        # Tolerance 25 %: width 1024 (kernel error ~2/sqrt(1024) = 6 %, and it moves during training)
+        # and 16 members over 16-24 test points (the var term's sampling error); measured 0-14 % over
+        # seeds 3, 4, 5
+        assert float(curve.member_mse[i, 0].mean()) == pytest.approx(bias + var, rel=0.25)
+        assert float(curve.mse[i, 0]) == pytest.approx(bias + var / ensemble, rel=0.25)
+    with pytest.raises(ValueError, match="n_train: a training set of 32"):
+        trained_learning_curve(arch, x, y, [32])

@@ -141,7 +141,7 @@ def _test_error(L: np.ndarray, p: np.ndarray, power: np.ndarray, unlearned: floa
     return error, gamma
 
 
-def _check_sizes(n_train, limit: int | None, what: str = "n_train") -> np.ndarray:
+def check_train_sizes(n_train, limit: int | None, what: str = "n_train") -> np.ndarray:
     """Training-set sizes: positive integers, each below the pool size ``limit`` (if any)."""
     values = np.atleast_1d(np.asarray(n_train if not isinstance(n_train, torch.Tensor) else n_train.cpu()))
     if values.size == 0 or values.ndim != 1:
@@ -361,7 +361,7 @@ def spectral_learning_curve(eigenvalues, coefficients, n_train, *, ridge: float 
     order = np.argsort(-eta, kind="stable")
     eta, power = eta[order], (v[order] ** 2).mean(axis=1)
     lam = _absolute_ridge(ridge, reg, float(eta.sum()) + tail)
-    return _curve(eta, power, _check_sizes(n_train, None), lam, _check_nonnegative(noise, "noise"), tail,
+    return _curve(eta, power, check_train_sizes(n_train, None), lam, _check_nonnegative(noise, "noise"), tail,
                   tail_power, float(power.sum()) + tail_power, "kernel")
 
 
@@ -379,13 +379,13 @@ def training_subsets(pool_size: int, n: int, draws: int, seed: int):
         yield order[:n], order[n:], rng
 
 
-def _check_count(value, name: str) -> int:
+def check_count(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return int(value)
 
 
-def _check_seed(seed) -> int:
+def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     return int(seed)
@@ -410,7 +410,7 @@ def _kernel_regression_mse(K: np.ndarray, y: np.ndarray, train: np.ndarray, test
 def _measure(K: torch.Tensor, y: torch.Tensor, sizes: np.ndarray, ridge: float, noise: float, draws,
              seed) -> MeasuredCurve:
     """Test MSE of kernel regression for ``draws`` subsets of each size (:func:`training_subsets`)."""
-    draws, seed = _check_count(draws, "draws"), _check_seed(seed)
+    draws, seed = check_count(draws, "draws"), check_seed(seed)
     K, labels = K.cpu().numpy(), y.cpu().numpy()
     mse = np.empty((sizes.shape[0], draws))
     for i, n in enumerate(sizes):
@@ -470,7 +470,7 @@ class PoolSpectrum:
               measured: bool = False, draws: int = 10, seed: int = 0) -> LearningCurve:
         """The predicted learning curve of ``target`` (and the measured one with ``measured=True``)."""
         y = self._target(target)
-        sizes = _check_sizes(n_train, self.n)
+        sizes = check_train_sizes(n_train, self.n)
         noise = _check_nonnegative(noise, "noise")
         lam = _absolute_ridge(ridge, reg, self.mean_diagonal)
         power = ((self.vectors.T @ y) ** 2 / self.n).mean(dim=1).cpu().numpy()
@@ -486,7 +486,7 @@ class PoolSpectrum:
                 draws: int = 10, seed: int = 0) -> MeasuredCurve:
         """Kernel regression on ``draws`` random subsets of each size, tested on the rest of the pool."""
         lam = _absolute_ridge(ridge, reg, self.mean_diagonal)
-        return _measure(self.kernel_matrix(), self._target(target), _check_sizes(n_train, self.n), lam,
+        return _measure(self.kernel_matrix(), self._target(target), check_train_sizes(n_train, self.n), lam,
                         _check_nonnegative(noise, "noise"), draws, seed)
 
     def kernel_matrix(self) -> torch.Tensor:
@@ -593,5 +593,5 @@ def measure_learning_curve(arch_or_kernel, x_pool, target, n_train, *, ridge: fl
     matrix = dense if dense is not None else store.load()
     n = matrix.shape[0]
     lam = _absolute_ridge(ridge, reg, mean_diagonal)
-    return _measure(matrix, as_labels(target, n, "target"), _check_sizes(n_train, n), lam,
+    return _measure(matrix, as_labels(target, n, "target"), check_train_sizes(n_train, n), lam,
                     _check_nonnegative(noise, "noise"), draws, seed)
