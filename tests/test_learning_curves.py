@@ -353,3 +353,96 @@ def test_trained_ensembles_follow_the_gd_ensemble_of_their_kernel():
         assert float(curve.mse[i, 0]) == pytest.approx(bias + var / ensemble, rel=0.25)
     with pytest.raises(ValueError, match="n_train: a training set of 32"):
         trained_learning_curve(arch, x, y, [32])
+
+
+# ------------------------------------------------------------------------------ the cube study
+def test_cube_study_counts_the_samples_each_target_needs():
+    from ntkprior.studies.cube_curves import QUICK, cube_curves
+    result = cube_curves(**QUICK)
+    low, parity = result.targets.values()
+    assert (low.degree, parity.degree, result.n_pool) == (2, 6, 64)
+    # x1 x2 is learned within the cube, parity not before the last point (its eigenvalue is the smallest)
+    assert low.samples_needed_predicted is not None and low.samples_needed_predicted < 63
+    assert low.samples_needed_measured is not None
+    assert parity.samples_needed_predicted is None and parity.samples_needed_measured is None
+    assert parity.eigenvalue == min(result.degree_eigenvalues.values())
+    # the Walsh degree's eigenvalue (Rayleigh quotient of chi_S) is among the pool's eigenvalues
+    assert np.min(np.abs(result.eigenvalues.numpy() - low.eigenvalue)) < 1e-10 * low.eigenvalue
+    data = result.figure_data()
+    assert set(data["curves"]) == {"x₁·x₂", "parity of 6 bits"} and data["learnability"].shape == (63, 64)
+    assert [r["target"] for r in result.rows()] == ["x₁·x₂", "parity of 6 bits"]
+
+
+# ------------------------------------------------------------------------------ figure and CLI
+def test_learning_curve_figure_draws_three_sources_and_learnabilities(tmp_path):
+    from matplotlib.figure import Figure
+    from ntkprior.app import plots
+    n = np.arange(1, 60)
+    fig = plots.learning_curves(
+        {"a": {"n": n, "theory": 1 / n, "measured": ([4, 16], [0.3, 0.07], [0.05, 0.01]),
+               "trained": ([4, 16], [0.35, 0.08], [0.1, 0.02])},
+         "b": {"n": n, "theory": np.r_[np.inf, np.ones(58)]}},
+        learnability=n[:, None] / (n[:, None] + np.array([1.0, 10.0, 10.0])), learnability_n=n,
+        eigenvalues=[1.0, 0.1, 0.1])
+    assert isinstance(fig, Figure)
+    left, right = fig.axes[:2]
+    assert left.get_xscale() == "log" and left.get_yscale() == "log" and right.get_xscale() == "log"
+    assert left.get_xlabel() == "training-set size n" and "learnability" in right.get_ylabel()
+    # tied eigenvalues are one line: modes 2-3
+    assert [t.get_text() for t in right.get_legend().get_texts()][:2] == ["mode 1 (η=1)", "modes 2–3 (η=0.1)"]
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="theory"):
+        plots.learning_curves({"a": {"n": n, "theory": np.ones(3)}})
+    with pytest.raises(ValueError, match="curves: nothing to plot"):
+        plots.learning_curves({})
+
+
+@pytest.fixture
+def cube_files(tmp_path):
+    x = ntp.boolean_cube(5).numpy()
+    np.save(tmp_path / "pool.npy", x)
+    np.save(tmp_path / "y.npy", x[:, 0] * x[:, 1])
+    return tmp_path, x
+
+
+def _run(args, code=0):
+    from typer.testing import CliRunner
+    from ntkprior.app.cli import app
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_curve_command_prints_and_writes_what_the_library_computes(cube_files):
+    import json
+    d, x = cube_files
+    res = _run(["curve", "--arch", CUBE_ARCH, "--x", d / "pool.npy", "--y", d / "y.npy", "--n", "4,8,16",
+                "--measure", "--draws", 3, "--train-networks", "--steps", 50, "--ensemble", 2,
+                "--figure", d / "c.png", "--out", d / "c.json", "--format", "json"])
+    printed = json.loads(res.stdout)
+    expected = learning_curve(ntp.parse_spec(CUBE_ARCH), x, x[:, 0] * x[:, 1], [4, 8, 16], measured=True, draws=3)
+    np.testing.assert_allclose(printed["predicted"], expected.predicted, rtol=1e-12)
+    np.testing.assert_allclose(printed["measured_mean"], expected.measured.mean, rtol=1e-12)
+    assert len(printed["trained_mean"]) == 3 and printed["pool_size"] == 32
+    assert json.loads((d / "c.json").read_text())["n_train"] == [4, 8, 16]
+    assert (d / "c.png").stat().st_size > 0
+    text = _run(["curve", "--arch", CUBE_ARCH, "--x", d / "pool.npy", "--y", d / "y.npy", "--n", "4,8",
+                 "--out", d / "c.csv"]).stdout
+    assert "held out" in text and "learned modes" in text
+    assert (d / "c.csv").read_text().splitlines()[0] == "n,predicted,held_out,learned_modes"
+    assert "ntkprior curve" in _run(["curve", "--help"]).output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "32"], "--n: a training set of 32 points"),
+    (["--n", "4,x"], "--n: could not read"),
+    (["--n", "4.5"], "--n: training-set sizes must be whole numbers"),
+    (["--n", "4", "--kernel", "gp"], "--kernel: expected 'ntk' or 'nngp'"),
+    (["--n", "4", "--format", "yaml"], "--format"),
+])
+def test_curve_command_rejects_bad_input_in_one_line(cube_files, args, message):
+    d, _ = cube_files
+    res = _run(["curve", "--arch", CUBE_ARCH, "--x", d / "pool.npy", "--y", d / "y.npy"] + args, code=2)
+    assert message in res.output and "Traceback" not in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
