@@ -26,6 +26,10 @@ from ntkprior.prior.sources import KernelBlocks
 from ntkprior.arch.spec import SpecError, load_arch, parse_spec
 from ntkprior.prior.spectrum import Eigenmodes, count_sign_changes, eigenmodes
 from ntkprior.dynamics.training import TrainResult, WidthSweep, train, width_sweep
+from ntkprior.prior.learning_curves import (LearningCurve, MeasuredCurve, PoolSpectrum, TruncationWarning,
+                                            learning_curve, measure_learning_curve, pool_spectrum,
+                                            spectral_learning_curve)
+from ntkprior.dynamics.learning_curves import TrainedCurve, trained_learning_curve
 
 __version__ = "0.1.0"
 
@@ -54,3 +58,5 @@ __all__ = [
     "parse_spec", "predict", "rank_candidates", "seed_sin_data", "serial", "train", "walsh",
     "width_sweep",
 ]
+__all__ += ["LearningCurve", "MeasuredCurve", "PoolSpectrum", "TrainedCurve", "TruncationWarning", "learning_curve",
+            "measure_learning_curve", "pool_spectrum", "spectral_learning_curve", "trained_learning_curve"]
