@@ -446,3 +446,15 @@ def test_curve_command_rejects_bad_input_in_one_line(cube_files, args, message):
     res = _run(["curve", "--arch", CUBE_ARCH, "--x", d / "pool.npy", "--y", d / "y.npy"] + args, code=2)
     assert message in res.output and "Traceback" not in res.output
     assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_trained_curve_rejects_what_it_cannot_train():
+    from ntkprior.dynamics.learning_curves import trained_learning_curve
+    x = ntp.boolean_cube(3)
+    y = ntp.walsh(x, [0])
+    with pytest.raises(ValueError, match="arch: expected an architecture"):
+        trained_learning_curve(torch.nn.Linear(3, 1), x, y, [2])
+    with pytest.raises(ValueError, match="ensemble: at most 1000"):
+        trained_learning_curve(ntp.parse_spec("dense(8) relu dense(1)"), x, y, [2], ensemble=1001)
+    with pytest.raises(ValueError, match="draws: expected a positive integer"):
+        trained_learning_curve(ntp.parse_spec("dense(8) relu dense(1)"), x, y, [2], draws=0)

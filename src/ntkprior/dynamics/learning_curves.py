@@ -89,8 +89,9 @@ def trained_learning_curve(arch, x_pool, target, n_train, steps: int = 1000, lea
     if ensemble > 1000:
         raise ValueError(f"ensemble: at most 1000 networks per subset (their seeds are spaced by 1000), "
                          f"got {ensemble}")
-    if not hasattr(arch, "kernel") or not hasattr(arch, "build"):
-        raise ValueError(f"arch: expected an architecture from ntkprior.serial(...), got {type(arch).__name__}")
+    if not hasattr(arch, "build") or (learning_rate is None and not hasattr(arch, "kernel")):
+        raise ValueError(f"arch: expected an architecture from ntkprior.serial(...) (with .build, and .kernel "
+                         f"for the default learning rate), got {type(arch).__name__}")
     shape = (sizes.shape[0], draws)
     mse, loss, rates = torch.empty(shape, dtype=torch.float64), torch.empty(shape, dtype=torch.float64), \
         torch.empty(shape, dtype=torch.float64)
