@@ -285,7 +285,8 @@ class LearningCurve:
 
     def to_text(self) -> str:
         """A table: size, predicted error (and relative), measured mean ± std, learned modes, kappa."""
-        head = f"{'n':>7}  {'predicted':>10}  {'relative':>8}" + (f"  {'held out':>10}" if self.held_out is not None else "")
+        head = f"{'n':>7}  {'predicted':>10}  {'relative':>8}"
+        head += f"  {'held out':>10}" if self.held_out is not None else ""
         head += f"  {'measured':>10}  {'± std':>9}" if self.measured is not None else ""
         lines = [f"learning curve of the {self.kind} ({len(self.eigenvalues)} modes, E[y²] = "
                  f"{self.target_power:.4g}, ridge {self.ridge:.3g}, noise {self.noise:.3g})",
