@@ -56,6 +56,10 @@ def _figures(rng):
         "rkhs_norms": plots.rkhs_norms({"x1": 2.0, "parity": 900.0}, highlight=["parity"]),
         "mode_contributions": plots.mode_contributions({"labels": np.linspace(0.1, 1, 30),
                                                         "shuffled": np.linspace(0, 1, 30) ** 4}),
+        "learning_curves": plots.learning_curves(
+            {"x1": {"n": times[1:], "theory": 1 / times[1:], "measured": ([4, 16], [0.3, 0.07], [0.05, 0.01])}},
+            learnability=times[1:, None] / (times[1:, None] + values[:5]), learnability_n=times[1:],
+            eigenvalues=values[:5]),
     }
 
 

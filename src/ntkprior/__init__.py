@@ -33,6 +33,10 @@ _PUBLIC = {
     "ntkprior.prior.spectrum": ["Eigenmodes", "count_sign_changes", "eigenmodes"],
     "ntkprior.dynamics.training": ["TrainResult", "WidthSweep", "train", "width_sweep"],
     "ntkprior.prior.estimators": ["NeuralKernel", "NTKRegressor"],
+    "ntkprior.prior.learning_curves": ["LearningCurve", "MeasuredCurve", "PoolSpectrum", "TruncationWarning",
+                                       "learning_curve", "measure_learning_curve", "pool_spectrum",
+                                       "spectral_learning_curve"],
+    "ntkprior.dynamics.learning_curves": ["TrainedCurve", "trained_learning_curve"],
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 #: public module names kept from the flat layout

@@ -24,6 +24,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 __all__ = ["OKABE_ITO", "spectrum", "eigenfunctions", "eigenmode_overview", "posterior_bands",
            "candidate_log_probs", "trained_vs_kernel", "mode_learning_curves", "width_sweep",
@@ -579,3 +580,106 @@ def mode_contributions(cumulative_share: Mapping[str, object], *,
     ax.set_ylabel(ylabel)
     ax.legend(loc="best")
     return _finish(fig, title)
+
+
+# ================================================================================== learning curves
+def _mode_groups(values: np.ndarray, max_groups: int) -> list[tuple[int, int]]:
+    """``(first, last)`` index ranges of consecutive modes with the same eigenvalue (rel. 1e-6)."""
+    groups, start = [], 0
+    for i in range(1, values.shape[0] + 1):
+        if i == values.shape[0] or not np.isclose(values[i], values[start], rtol=1e-6, atol=0):
+            groups.append((start, i - 1))
+            start = i
+            if len(groups) == max_groups:
+                break
+    return groups
+
+
+def _size_axis(ax, sizes: np.ndarray) -> None:
+    """Training-set sizes as plain numbers on a log axis: the sizes themselves when there are few."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    unique = np.unique(sizes)
+    if unique.shape[0] <= 10:
+        ax.set_xticks(unique, [f"{v:g}" for v in unique])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        few_decades = unique[-1] < 100 * unique[0]
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if few_decades and f"{v:.0e}"[0] in "25" else ""))
+
+
+def _draw_error_points(ax, points, color, marker: str) -> None:
+    """``(n, mean, std)`` as markers with error bars; non-positive values are left out (log scale)."""
+    n, mean, std = (_array(a, "points", 1) for a in points)
+    _same_length(n, mean, "n", "mean")
+    keep = np.isfinite(mean) & (mean > 0)
+    lower = np.minimum(std, mean * (1 - 1e-3))          # bars stay above 0 on the log axis
+    ax.errorbar(n[keep], mean[keep], yerr=[lower[keep], std[keep]], fmt=marker, ms=5, color=color,
+                mfc="none" if marker == "o" else color, capsize=2, lw=1)
+
+
+@_styled
+def learning_curves(curves: Mapping[str, Mapping], *, learnability=None, learnability_n=None, eigenvalues=None,
+                    max_modes: int = 6, xlabel: str = "training-set size n", ylabel: str = "test MSE",
+                    title: str | None = None) -> Figure:
+    """Test error against the number of training points (log–log), and the learnability of the top
+    eigenmodes against it.
+
+    ``curves``: ``{target: {"n": (S,), "theory": (S,), "measured": (n, mean, std), "trained": (n, mean,
+    std)}}`` — the theory as a line, kernel regression on subsets as open circles and trained networks
+    as squares (bars: the spread over draws); "measured" and "trained" are optional. ``learnability``
+    (S', M) at sizes ``learnability_n`` (S'), with ``eigenvalues`` (M,): a second panel with one line
+    per distinct eigenvalue among the top modes (tied modes, e.g. on the boolean cube, drawn once) and
+    the level 1/2 at which a mode counts as learned. Non-positive and infinite errors are not drawn.
+    """
+    if not curves:
+        raise ValueError("curves: nothing to plot; pass {target: {'n': sizes, 'theory': errors}}")
+    panels = 1 if learnability is None else 2
+    fig, axes = _figure(1, panels, width=5.2 * panels + 0.6, height=4.2)
+    ax = axes[0, 0]
+    for i, (name, curve) in enumerate(curves.items()):
+        color = CYCLE[i % len(CYCLE)]
+        n, theory = _array(curve["n"], f"curves[{name!r}]['n']", 1), _array(curve["theory"], f"curves[{name!r}]['theory']", 1)
+        _same_length(n, theory, "n", "theory")
+        keep = np.isfinite(theory) & (theory > 0)
+        ax.loglog(n[keep], theory[keep], "-", color=color, label=name)
+        for key, marker in (("measured", "o"), ("trained", "s")):
+            if curve.get(key) is not None:
+                _draw_error_points(ax, curve[key], color, marker)
+    ax.legend(loc="lower left", title="target")
+    sources = [Line2D([], [], ls="-", color="0.3", label="theory (spectrum)"),
+               Line2D([], [], ls="none", marker="o", mfc="none", color="0.3", label="kernel regression on subsets"),
+               Line2D([], [], ls="none", marker="s", color="0.3", label="trained networks (ensemble mean)")]
+    shown = [sources[0]] + [h for h, key in zip(sources[1:], ("measured", "trained"))
+                            if any(c.get(key) is not None for c in curves.values())]
+    fig.legend(handles=shown, loc="outside lower center", ncols=len(shown))
+    _size_axis(ax, np.concatenate([_array(c["n"], "n", 1) for c in curves.values()]))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if learnability is not None:
+        _draw_learnability(axes[0, 1], learnability, learnability_n, eigenvalues, max_modes, xlabel)
+    return _finish(fig, title)
+
+
+def _draw_learnability(ax, learnability, sizes, eigenvalues, max_modes: int, xlabel: str) -> None:
+    L = _array(learnability, "learnability", 2)
+    n = _array(sizes, "learnability_n", 1)
+    _same_length(n, L, "learnability_n", "learnability")
+    values = _array(eigenvalues, "eigenvalues", 1) if eigenvalues is not None else np.arange(L.shape[1], 0, -1.0)
+    groups = _mode_groups(values[:L.shape[1]], max_modes)
+    colors = matplotlib.colormaps[SEQUENTIAL](np.linspace(0.0, 0.85, max(len(groups), 2)))
+    for color, (a, b) in zip(colors, groups):
+        which = f"mode {a + 1}" if a == b else f"modes {a + 1}–{b + 1}"
+        label = which + (f" (η={values[a]:.3g})" if eigenvalues is not None else "")
+        ax.semilogx(n, L[:, a], "-", color=color, label=label)
+    ax.axhline(0.5, color=OKABE_ITO["black"], ls=":", lw=1, label="learned (L = 1/2)")
+    _size_axis(ax, n)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("learnability L = pη/(pη + κ)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7.5)
+
+
+__all__ += ["learning_curves"]
