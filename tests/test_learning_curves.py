@@ -357,7 +357,7 @@ def test_trained_ensembles_follow_the_gd_ensemble_of_their_kernel():
 
 # ------------------------------------------------------------------------------ the cube study
 def test_cube_study_counts_the_samples_each_target_needs():
-    from ntkprior.studies.cube_curves import QUICK, cube_curves
+    from ntkprior.studies.document.cube_curves import QUICK, cube_curves
     result = cube_curves(**QUICK)
     low, parity = result.targets.values()
     assert (low.degree, parity.degree, result.n_pool) == (2, 6, 64)

@@ -309,7 +309,8 @@ def training_page(rep, sec, res, data, panels, kernel_mean, kernel_std) -> None:
 def cube_section(rep: Report, arch, sizes: Sizes, seed: int, intro: str) -> None:
     d = sizes.cube_dim
     with rep.section("simplicity", "4. Simplicity", intro) as sec:
-        res = cube_study(arch, d, seed, rep.progress).numbers
+        study = cube_study(arch, d, seed, rep.progress, sizes.curve_draws)
+        res = study.numbers
         rep.results["simplicity"] = res
         rows, by_degree = res["targets"], res["by_degree"]
         by_name = {r["name"]: r for r in rows}
@@ -340,6 +341,37 @@ def cube_section(rep: Report, arch, sizes: Sizes, seed: int, intro: str) -> None
               fmt(r["r2_half_cube"], 3)] for r in rows],
             "The cost of each target under the NTK prior, and how well the NTK-GP fitted on a random half of the "
             "cube predicts the other half (R² = 1: perfectly; R² ≤ 0: no better than the mean).", "numbers"))
+        learning_curves_block(rep, sec, res, study.arrays["learning_curves"])
+
+
+def _needed(value, n: int) -> str:
+    return f"> {n - 1} (not within the cube)" if value is None else fmt(value)
+
+
+def learning_curves_block(rep: Report, sec: Section, res: dict, drawn: dict) -> None:
+    """How many samples each target needs: predicted from the spectrum and measured (issue 19)."""
+    lc, n = res["learning_curves"], res["n"]
+    low, parity = lc["rows"][0], lc["rows"][-1]
+    level = f"{100 * lc['fraction']:.0f} % of E[y²]"
+    rep.finding(f"Samples needed for a held-out error below {level}: {low['target']} "
+                f"{_needed(low['samples_needed_predicted'], n)} predicted, {_needed(low['samples_needed_measured'], n)} "
+                f"measured; parity {_needed(parity['samples_needed_predicted'], n)} predicted, "
+                f"{_needed(parity['samples_needed_measured'], n)} measured.")
+    with rep.task("learning-curve figure"):
+        fig = plots.learning_curves(**drawn)
+        sec.blocks.append(rep.figure(
+            fig, "learning_curves", "Left: the test error on held-out points of the cube against the number of "
+            "training points, predicted from the kernel's spectrum (lines; Bordelon, Canatar & Pehlevan 2020) "
+            f"and measured by kernel regression on {lc['draws']} random training sets per size (circles, bars: "
+            "the spread). Right: the learnability of the top eigenmodes, one line per Walsh degree; a mode "
+            "counts as learned above ½. “Parity is hard” becomes a number of samples.",
+            "learning curves of a low-degree function and of parity"))
+    sec.blocks.append(table(
+        ["target", "Walsh degree", "eigenvalue", f"samples for error ≤ {level}: predicted", "measured"],
+        [[r["target"], r["degree"], fmt(r["eigenvalue"]), _needed(r["samples_needed_predicted"], n),
+          _needed(r["samples_needed_measured"], n)] for r in lc["rows"]],
+        f"The number of training points each target needs, of the {n} points of the cube (measured: the first of "
+        f"the sizes {', '.join(str(int(v)) for v in lc['measured_sizes'])} that reaches it).", "numbers"))
 
 
 def labels_section(rep: Report, arch, data: Data, seed: int, intro: str) -> None:
@@ -377,7 +409,7 @@ INTRO = {
                 "same training time, then the residual of each eigenmode over training and the distance to the "
                 "infinite-width description as the width grows. A diagnosis of each setting checks, with "
                 "numbers, whether the trained networks are in the kernel regime and names what breaks it.",
-    "cube": "Every function on the cube {{±1}}{d} is a sum of Walsh functions, and the NTK's eigenvalue "
+    "cube": "Every function on the cube {{±1}}{power} is a sum of Walsh functions, and the NTK's eigenvalue "
             "depends only on a Walsh function's degree. Parity, a one-line program, is the degree-{d} Walsh "
             "function: it has the smallest eigenvalue and the largest RKHS norm, so the network finds it the "
             "hardest function to learn.",
@@ -406,7 +438,7 @@ def _prior_page_tasks(data: Data) -> int:
 def default_tasks(data: Data, sizes: Sizes) -> int:
     """Progress steps of :func:`run_default` (each section: its study's steps and its figures)."""
     runs = [(0, 0)] * (len(sizes.seed_run[1]) + len(sizes.well_run[1]) + len(sizes.fast_run[1]))
-    eigen, training, cube = 3 + 1, training_tasks([Setting("", None, 0, 0, tuple(runs))]) + 1, 3 + 1
+    eigen, training, cube = 3 + 1, training_tasks([Setting("", None, 0, 0, tuple(runs))]) + 1, 4 + 2
     return eigen + _prior_page_tasks(data) + training + cube
 
 
@@ -430,7 +462,7 @@ def run_default(rep: Report, *, data: Data, sizes: Sizes, seed: int) -> dict:
     fast = Setting("σ_w = √2, σ_b = 1", archs["well"], SEED_LEARNING_RATE, *sizes.fast_run)
     sweep = replace(well, steps=sizes.sweep_steps, runs=tuple((w, sizes.sweep_seeds) for w in sizes.sweep_widths))
     training_section(rep, data, sizes, [seed_setting, well, fast], well, sweep, seed, INTRO["training"])
-    cube_section(rep, archs["cube"], sizes, seed, INTRO["cube"].format(d=superscript(sizes.cube_dim)))
+    cube_section(rep, archs["cube"], sizes, seed, INTRO["cube"].format(power=superscript(sizes.cube_dim), d=sizes.cube_dim))
     roles = {"two_layer": "2-layer ReLU (section 1)", "deep": "4-layer ReLU (section 1)",
              "seed": "the document's 3-layer ReLU network (sections 2-3)", "well": "σ_w = √2, σ_b = 1 (section 3)",
              "cube": "2-layer ReLU on the cube (section 4)"}

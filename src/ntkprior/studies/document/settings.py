@@ -55,16 +55,17 @@ class Sizes:
     label_sweep_points: int    #: candidate labels per test input in the log-probability curves
     user_steps: int            #: default training steps on the user's data
     user_ensemble: int         #: networks per width on the user's data
+    curve_draws: int           #: random training sets per size in the cube's measured learning curves
 
 
 FULL = Sizes(eigen_points=100, plot_points=161, seed_run=(2000, ((128, 4),)),
              well_run=(1500, ((64, 5), (512, 3))), fast_run=(300, ((512, 2),)), curve_width=256,
              curve_records=30, sweep_widths=(32, 64, 128, 256, 512), sweep_seeds=6, sweep_steps=200,
-             cube_dim=8, label_sweep_points=141, user_steps=1000, user_ensemble=4)
+             cube_dim=8, label_sweep_points=141, user_steps=1000, user_ensemble=4, curve_draws=10)
 QUICK = Sizes(eigen_points=40, plot_points=41, seed_run=(60, ((32, 2),)), well_run=(60, ((16, 2), (64, 2))),
               fast_run=(30, ((64, 2),)), curve_width=64, curve_records=8, sweep_widths=(16, 32, 64),
               sweep_seeds=1, sweep_steps=20, cube_dim=5, label_sweep_points=41, user_steps=60,
-              user_ensemble=2)
+              user_ensemble=2, curve_draws=3)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 from ntkprior.prior.estimators import NTKRegressor
 from ntkprior.prior.prior import KernelPrior
 from ntkprior.studies import datasets
+from ntkprior.studies.document.cube_curves import cube_curves
 from ntkprior.studies.document.settings import Data
 from ntkprior.studies.progress import Progress, silent
 from ntkprior.studies.result import StudyResult, numbers
@@ -26,9 +27,11 @@ def cube_targets(d: int, rng: np.random.Generator) -> dict:
             "random ±1 labels": (torch.from_numpy(rng.choice([-1.0, 1.0], size=cube.shape[0])), None)}
 
 
-def cube_study(arch, d: int, seed: int, progress: Progress | None = None) -> StudyResult:
+def cube_study(arch, d: int, seed: int, progress: Progress | None = None, curve_draws: int = 10) -> StudyResult:
     """The NTK's eigenvalue per Walsh degree on {±1}^d, and per target its squared RKHS norm, log p(y)
-    and the R² of the NTK-GP fitted on a random half of the cube and scored on the other half."""
+    and the R² of the NTK-GP fitted on a random half of the cube and scored on the other half; then
+    the learning curves of x₁·x₂ and of parity (predicted from the spectrum and measured by kernel
+    regression on ``curve_draws`` random subsets per size): the samples each needs."""
     progress = progress or silent()
     cube = datasets.boolean_cube(d)
     rng = np.random.default_rng(seed)
@@ -54,8 +57,16 @@ def cube_study(arch, d: int, seed: int, progress: Progress | None = None) -> Stu
                 r2 = float(model.score(cube[test_idx].numpy(), y[test_idx].numpy()))
             rows.append({"name": name, "degree": degree, "rkhs_norm": prior.rkhs_norm(y),
                          "log_prob": prior.log_prob(y), "r2_half_cube": r2})
+    with progress.task("learning curves on the cube"):
+        curves = cube_curves(arch, d, draws=curve_draws, seed=seed)
+    learning = {"fraction": curves.fraction, "draws": curves.draws, "rows": curves.rows(),
+                "measured_sizes": curves.measured_sizes,
+                "targets": {name: {"predicted_at_measured": t.predicted_at_measured, "measured_mean": t.measured_mean,
+                                   "measured_std": t.measured_std} for name, t in curves.targets.items()}}
     return StudyResult("simplicity", {"d": d, "n": int(cube.shape[0]), "arch": str(arch), "kernel": "ntk",
-                                      "by_degree": by_degree, "targets": rows, "train_points": int(len(train_idx))})
+                                      "by_degree": by_degree, "targets": rows, "train_points": int(len(train_idx)),
+                                      "learning_curves": learning},
+                       {"learning_curves": curves.figure_data()})
 
 
 def labels_study(arch, data: Data, seed: int, progress: Progress | None = None) -> StudyResult:
