@@ -39,7 +39,7 @@ def test_page_references_every_figure_written_and_each_is_a_non_empty_png(quick)
     referenced = re.findall(r'<img src="([^"]+)"', html)
     written = sorted(p.relative_to(out).as_posix() for p in (out / "figures").iterdir())
     assert sorted(referenced) == written == sorted(results["meta"]["figures"])
-    assert len(written) == 8
+    assert len(written) == 9
     for name in written:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 10_000, name
@@ -297,3 +297,15 @@ def test_the_page_renders_in_headless_chromium(quick, tmp_path):
            (out / "index.html").as_uri()]
     subprocess.run(cmd, timeout=120, capture_output=True, check=False)
     assert shot.exists() and shot.read_bytes()[:8] == PNG_MAGIC and shot.stat().st_size > 50_000
+
+
+def test_simplicity_section_counts_the_samples_each_target_needs(quick):
+    """The learning curves of the cube (issue 19): the rows agree with the library run directly."""
+    from ntkprior.studies.document.cube_curves import cube_curves
+    from ntkprior.studies.document.settings import QUICK
+    _, res, html_text = quick
+    lc = res["simplicity"]["learning_curves"]
+    direct = cube_curves(DEFAULT_ARCHS["cube"], QUICK.cube_dim, draws=QUICK.curve_draws, seed=0)
+    assert lc["rows"] == [{k: (v if not isinstance(v, float) else pytest.approx(v)) for k, v in r.items()}
+                          for r in direct.rows()]
+    assert "figures/learning_curves.png" in html_text
