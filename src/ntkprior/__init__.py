@@ -24,6 +24,10 @@ from ntkprior.prior.prior import (CandidateRanking, CandidateScore, KernelPrior,
                     predict, rank_candidates)
 from ntkprior.prior.sources import KernelBlocks
 from ntkprior.arch.spec import SpecError, load_arch, parse_spec
+from ntkprior.arch.conv import Conv
+from ntkprior.arch.pooling import AvgPool, Flatten, GlobalAvgPool
+from ntkprior.arch.normalization import LayerNorm
+from ntkprior.arch.branching import FanInConcat, FanInSum, FanOut, Sum, parallel, residual
 from ntkprior.prior.spectrum import Eigenmodes, count_sign_changes, eigenmodes
 from ntkprior.dynamics.training import TrainResult, WidthSweep, train, width_sweep
 
@@ -53,4 +57,6 @@ __all__ = [
     "interval_grid", "linearized_dynamics", "load_arch", "load_array", "max_stable_learning_rate",
     "parse_spec", "predict", "rank_candidates", "seed_sin_data", "serial", "train", "walsh",
     "width_sweep",
+    "AvgPool", "Conv", "FanInConcat", "FanInSum", "FanOut", "Flatten", "GlobalAvgPool", "LayerNorm", "Sum",
+    "parallel", "residual",
 ]

@@ -126,7 +126,7 @@ class Sum(Layer):
                              "the sum of their kernels; end all but one branch with a dense or conv layer")
         return Flow(gaussian=all(f.gaussian for f in flows), raw=all(f.raw for f in flows),
                     fresh=all(f.fresh for f in flows), weighted=any(f.weighted for f in flows),
-                    previous=self)
+                    previous=self, scaled=any(f.scaled for f in flows))
 
     def map_kernel(self, state, previous=None):
         copies = [spatial.copy_state(state) for _ in self.branches[1:]]

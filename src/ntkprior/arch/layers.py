@@ -507,6 +507,7 @@ class Serial:
                 out[r0:r1, c0:] = block
                 if symmetric:
                     out[r1:, r0:r1] = block[:, r1 - r0:].T
+                    _mirror_upper(out[r0:r1, r0:r1])
         return Kernels(nngp, ntk)
 
     def _plan(self, in_shape: tuple) -> "_Plan":
@@ -579,6 +580,9 @@ class Flow:
     fresh: bool = False
     weighted: bool = False
     previous: Layer | None = None
+    #: a per-channel trained scale (LayerNorm's affine γ) since the last weighted layer: its gradient
+    #: is the unit's own value, correlated with an activation's derivative there
+    scaled: bool = False
 
 
 def check_composition(layers, where: str = "layer ", flow: Flow | None = None, *,
@@ -600,12 +604,17 @@ def check_composition(layers, where: str = "layer ", flow: Flow | None = None, *
         elif layer.kind == "activation":
             if not (isinstance(layer, Identity) or flow.gaussian or _repeats(flow.previous, layer)):
                 raise ValueError(_non_gaussian(here, flow, "an activation's kernel map"))
+            if flow.scaled and not isinstance(layer, Identity):
+                raise ValueError(f"{here}: follows layer_norm(affine=True) with no dense or conv between: the "
+                                 "gradient of its per-channel scale is the unit's own value, correlated with "
+                                 "the activation's derivative, so the NTK has no closed form; use layer_norm "
+                                 "(affine=False) before activations")
             if not isinstance(layer, Identity) and not _repeats(flow.previous, layer):
                 flow = Flow(raw=flow.raw, weighted=flow.weighted, previous=layer)
         elif layer.kind == "norm":
             if not flow.gaussian:
                 raise ValueError(_non_gaussian(here, flow, "layer_norm (which assumes a channel mean of 0)"))
-            flow.previous = layer
+            flow.previous, flow.scaled = layer, flow.scaled or getattr(layer, "affine", False)
         elif layer.kind == "branch":
             flow = layer.check_composition(f"{where}{i}", flow)
         else:
@@ -626,6 +635,13 @@ def _non_gaussian(here: str, flow: Flow, what: str) -> str:
         fix = ("put a dense or conv layer before it; for residual networks use the pre-activation form "
                "residual{relu conv(...) relu conv(...)} whose sums stay Gaussian")
     return f"{here}: {what} has no exact closed form here: {cause}; {fix}"
+
+
+def _mirror_upper(square: torch.Tensor) -> None:
+    """Copy the upper triangle of a square block onto its lower one (exact symmetry: the
+    position sums of signals and images round differently for (i, j) and (j, i))."""
+    rows, cols = torch.tril_indices(square.shape[0], square.shape[0], -1, device=square.device)
+    square[rows, cols] = square[cols, rows]
 
 
 def _input_shape(in_features) -> tuple:

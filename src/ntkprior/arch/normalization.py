@@ -6,7 +6,9 @@ of Gaussian pre-activations is 0 and their channel variance K11(i, i) (MATH.md s
 
     K'(i, j) = K(i, j) / sqrt(K11(i, i) K22(j, j)),   Θ'(i, j) = Θ(i, j) / sqrt(K11(i, i) K22(j, j))
 
-and with ``affine`` the gradients of γ and β add ``K' + 1`` to Θ'. ε is neglected (a relative
+and with ``affine`` the gradients of γ and β add ``K' + 1`` to Θ' — exact only when a weighted
+layer follows before any activation (γ's gradient is the unit's own value, correlated with an
+activation's derivative: ``Serial`` refuses an activation after it). ε is neglected (a relative
 ε/K11 ≈ 1e-5 at unit variances). Only exact after a weighted layer: its input must have mean 0
 (``Serial`` refuses it after an activation).
 """
