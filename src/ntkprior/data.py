@@ -229,8 +229,9 @@ def load_labelled(path, name: str = "--train", *, labels: str = "required"
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"{name}: expected inputs of shape (n, d) in {str(p)!r}, got {x.shape}")
+    if not 2 <= x.ndim <= 5 or 0 in x.shape[1:]:
+        raise ValueError(f"{name}: expected inputs of shape (n, d) (or signals (n, C, L), images (n, C, H, W)) "
+                         f"in {str(p)!r}, got {x.shape}")
     if y is not None:
         y = np.asarray(y, dtype=np.float64)
         y = y[:, None] if y.ndim == 1 else y

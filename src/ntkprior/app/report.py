@@ -262,7 +262,7 @@ def _eigen_section(rep: _Report, panels: dict, x: torch.Tensor, coordinate: np.n
     Sign changes are counted along the input for 1-D inputs only; along a principal coordinate of
     higher-dimensional inputs neighbours need not be close, and the count would mean nothing.
     """
-    one_d = x.shape[1] == 1
+    one_d = x.ndim == 2 and x.shape[1] == 1
     with rep.section("eigenmodes", "1. Eigenmodes", intro) as sec:
         order = np.argsort(coordinate, kind="stable")
         res, drawn = {"n": int(x.shape[0]), "coordinate": coordinate_label, "kernels": {}}, {}
@@ -776,7 +776,7 @@ class _Data:
         a = np.asarray(x, dtype=float)
         if self.direction is None:
             return a.reshape(-1)
-        return (a - self.centre) @ self.direction
+        return (a.reshape(len(a), -1) - self.centre) @ self.direction
 
     def label_range(self, mean: float, std: float) -> tuple[float, float]:
         if self.fixed_label_range is not None:
@@ -814,13 +814,13 @@ def _user_data(x_train, y_train, x_test, candidates, sizes: Sizes) -> _Data:
         named = {str(k): as_labels(v, test.shape[0], f"candidates[{k!r}]")[:, 0] for k, v in candidates.items()}
         if not named:
             raise ValueError("candidates: is empty; pass at least one labeling of the test inputs")
-    if x.shape[1] == 1:
+    if x.ndim == 2 and x.shape[1] == 1:
         both = x if test is None else torch.cat([x, test])
         low, high = float(both.min()), float(both.max())
         pad = 0.15 * (high - low) if high > low else 1.0
         return _Data(x, y[:, 0], datasets.interval_grid(sizes.plot_points, low - pad, high + pad), test, named)
     from sklearn.decomposition import PCA
-    pca = PCA(1).fit(x.numpy())
+    pca = PCA(1).fit(x.reshape(len(x), -1).numpy())   # signals and images: their flattened values
     plot = test if test is not None else x
     return _Data(x, y[:, 0], plot, test, named, coordinate_label="principal coordinate of the input",
                  direction=pca.components_[0], centre=pca.mean_)
@@ -1028,11 +1028,11 @@ def _run_default(rep: _Report, data: _Data, sizes: Sizes, seed: int) -> dict:
 def _user_widths(arch, widths, sizes: Sizes) -> tuple[tuple, tuple]:
     """(widths trained and diagnosed, widths swept): the user's, or the architecture's own and the
     default sweep."""
-    if len(arch.dense_layers) < 2:
+    if arch.hidden_width is None:
         raise ValueError(f"arch: {arch} has no hidden Dense layer; the report trains networks of several "
                          "widths, so it needs at least one hidden layer, e.g. dense(512) relu dense(1)")
     if widths is None:
-        return (arch.dense_layers[0].out_features,), sizes.sweep_widths
+        return (arch.hidden_width,), sizes.sweep_widths
     widths = tuple(int(w) for w in widths)
     return widths, widths if len(widths) > 1 else sizes.sweep_widths
 

@@ -420,6 +420,15 @@ class Serial:
         dense = self.dense_layers
         return dense[-1].out_features if dense else None
 
+    @property
+    def hidden_width(self) -> int | None:
+        """Units (Dense) or channels (Conv) of the first hidden weighted layer — the width that
+        ``with_width`` sets — or None when the only weighted layer is the readout."""
+        weighted = [layer for layer in self.layers if layer.kind == "weighted"]
+        if len(weighted) < 2:
+            return None
+        return getattr(weighted[0], "out_features", None) or weighted[0].out_channels
+
     def with_width(self, width: int) -> "Serial":
         """The same architecture with every hidden layer of ``width`` units (Dense) or channels (Conv,
         also inside branches); the last weighted layer (the readout) is kept."""
