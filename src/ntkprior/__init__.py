@@ -28,6 +28,7 @@ from ntkprior.arch.conv import Conv
 from ntkprior.arch.pooling import AvgPool, Flatten, GlobalAvgPool
 from ntkprior.arch.normalization import LayerNorm
 from ntkprior.arch.branching import FanInConcat, FanInSum, FanOut, Sum, parallel, residual
+from ntkprior.arch.from_torch import Residual, from_torch
 from ntkprior.prior.spectrum import Eigenmodes, count_sign_changes, eigenmodes
 from ntkprior.dynamics.training import TrainResult, WidthSweep, train, width_sweep
 
@@ -58,5 +59,5 @@ __all__ = [
     "parse_spec", "predict", "rank_candidates", "seed_sin_data", "serial", "train", "walsh",
     "width_sweep",
     "AvgPool", "Conv", "FanInConcat", "FanInSum", "FanOut", "Flatten", "GlobalAvgPool", "LayerNorm", "Sum",
-    "parallel", "residual",
+    "parallel", "residual", "Residual", "from_torch",
 ]
