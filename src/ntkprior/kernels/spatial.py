@@ -24,10 +24,10 @@ This module knows no torch modules: only the arithmetic on the state.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
+from torch import nn
 
 from ntkprior.kernels.state import KernelState
 
@@ -80,39 +80,41 @@ def window_mean(t: Tensor, shape: tuple, lead: int, groups: int, kernel_size: tu
     sides of a full covariance, as a convolution ties them). ``t`` has ``lead`` leading axes and
     ``groups`` flattened position axes; returns the result (positions flattened) and the new
     spatial shape. ``pads`` are (lo, hi) per spatial axis: zeros, or wrapped when ``circular``.
+
+    The window is a product over spatial axes, so it is applied one axis at a time: an average
+    pool over the axis (one group) or a sum of shifted strided slices (two tied groups).
     """
     nd = len(shape)
     t = t.reshape(t.shape[:lead] + shape * groups)
-    for g in range(groups):
-        for d, (lo, hi) in enumerate(pads):
-            t = _pad_axis(t, lead + g * nd + d, lo, hi, circular)
-    padded = t.shape[lead:lead + nd]
-    out = tuple((n - k) // s + 1 for n, k, s in zip(padded, kernel_size, stride))
-    acc = None
-    for offset in itertools.product(*(range(k) for k in kernel_size)):
-        index = [slice(None)] * t.ndim
-        for g in range(groups):
-            for d, (o, s, m) in enumerate(zip(offset, stride, out)):
-                index[lead + g * nd + d] = slice(o, o + s * (m - 1) + 1, s)
-        piece = t[tuple(index)]
-        acc = piece.clone() if acc is None else acc.add_(piece)
-    acc.div_(math.prod(kernel_size))
-    positions = math.prod(out)
-    return acc.reshape(acc.shape[:lead] + (positions,) * groups), out
+    for d, (k, s, (lo, hi)) in enumerate(zip(kernel_size, stride, pads)):
+        axes = [lead + g * nd + d for g in range(groups)]
+        t = _window_axis(t, axes, k, s, lo, hi, circular)
+    out = tuple(t.shape[lead:lead + nd])
+    return t.reshape(t.shape[:lead] + (math.prod(out),) * groups), out
 
 
-def _pad_axis(t: Tensor, axis: int, lo: int, hi: int, circular: bool) -> Tensor:
-    if lo == 0 and hi == 0:
-        return t
-    n = t.shape[axis]
-    if circular:
-        index = torch.arange(-lo, n + hi, device=t.device) % n
-        return t.index_select(axis, index)
-    size = list(t.shape)
-    size[axis] = n + lo + hi
-    out = t.new_zeros(size)
-    out.narrow(axis, lo, n).copy_(t)
-    return out
+def _window_axis(t: Tensor, axes: list, k: int, s: int, lo: int, hi: int, circular: bool) -> Tensor:
+    """The window mean along one spatial axis (in each tied group)."""
+    last = list(range(t.ndim - len(axes), t.ndim))
+    moved = t.movedim(axes, last) if axes != last else t
+    batch = moved.shape[:-len(axes)]
+    x = moved.reshape((-1, 1) + moved.shape[-len(axes):])
+    if len(axes) == 1 and lo == hi and 2 * lo <= k and not circular:   # zeros counted: the pool pads
+        y = nn.functional.avg_pool1d(x, k, s, padding=lo, count_include_pad=True) if k > 1 or s > 1 else x
+    elif len(axes) == 1:
+        x = nn.functional.pad(x, [lo, hi], mode="circular" if circular else "constant")
+        y = nn.functional.avg_pool1d(x, k, s)
+    else:
+        if lo or hi:
+            x = nn.functional.pad(x, [lo, hi] * 2, mode="circular" if circular else "constant")
+        m = (x.shape[-1] - k) // s + 1
+        y = None
+        for o in range(k):
+            piece = x[..., o:o + s * (m - 1) + 1:s, o:o + s * (m - 1) + 1:s]
+            y = piece.clone() if y is None else y.add_(piece)
+        y = y.div_(k)
+    y = y.reshape(batch + y.shape[2:])
+    return y.movedim(last, axes) if axes != last else y
 
 
 def _for_each(state: KernelState, fn) -> None:
