@@ -15,11 +15,16 @@ def jacobian_rows(net: torch.nn.Module, x: torch.Tensor, unit: int = 0) -> torch
     return torch.stack(rows)
 
 
+def in_shape(x: torch.Tensor):
+    """What ``arch.build`` takes for inputs ``x``: d for vectors, (C, L) / (C, H, W) for signals/images."""
+    return x.shape[1] if x.ndim == 2 else tuple(x.shape[1:])
+
+
 def monte_carlo_ntk(arch, x: torch.Tensor, seeds, units: int = 4) -> torch.Tensor:
     """Mean over seeds and output units of the empirical NTK J Jᵀ of finite networks."""
     total = torch.zeros(x.shape[0], x.shape[0], dtype=x.dtype)
     for seed in seeds:
-        net = arch.build(x.shape[1], seed=seed)
+        net = arch.build(in_shape(x), seed=seed)
         for unit in range(units):
             j = jacobian_rows(net, x, unit)
             total += j @ j.T
@@ -31,7 +36,7 @@ def monte_carlo_nngp(arch, x: torch.Tensor, seeds) -> torch.Tensor:
     total, count = torch.zeros(x.shape[0], x.shape[0], dtype=x.dtype), 0
     with torch.no_grad():
         for seed in seeds:
-            f = arch.build(x.shape[1], seed=seed)(x)
+            f = arch.build(in_shape(x), seed=seed)(x)
             total += f @ f.T
             count += f.shape[1]
     return total / count

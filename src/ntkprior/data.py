@@ -63,14 +63,15 @@ def check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
 
 def as_inputs(x, name: str = "x", *, dtype: torch.dtype | None = DEFAULT_DTYPE,
               device=None) -> torch.Tensor:
-    """Validate network inputs: a finite, non-empty 2-D array of shape (n, d)."""
+    """Validate network inputs: a finite, non-empty array of vectors (n, d), or of signals (n, C, L),
+    images (n, C, H, W) or volumes (n, C, D, H, W) in PyTorch layout."""
     t = to_tensor(x, name, dtype=dtype, device=device)
-    if t.ndim != 2:
+    if not 2 <= t.ndim <= 5:
         hint = (f"reshape it with {name}.reshape(-1, 1) for n scalar inputs"
                 if t.ndim == 1 else f"flatten it to ({t.shape[0] if t.ndim else 'n'}, -1)")
-        raise ValueError(f"{name}: expected a 2-D array of shape (n_samples, n_features), "
-                         f"got shape {tuple(t.shape)}; {hint}")
-    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name}: expected a 2-D array of shape (n_samples, n_features) (or signals "
+                         f"(n, C, L), images (n, C, H, W)), got shape {tuple(t.shape)}; {hint}")
+    if 0 in t.shape:
         raise ValueError(f"{name}: is empty (shape {tuple(t.shape)}); "
                          "pass at least one sample with at least one feature")
     return check_finite(t, name)
@@ -93,7 +94,10 @@ def as_labels(y, n: int, name: str = "y", *, dtype=DEFAULT_DTYPE, device=None) -
 
 def check_same_features(x1: torch.Tensor, x2: torch.Tensor, name1: str = "x1",
                         name2: str = "x2") -> None:
-    """Both input sets must have the same number of features."""
+    """Both input sets must have the same number of features (the same per-sample shape)."""
+    if x1.shape[1:] != x2.shape[1:] and x1.ndim > 2:
+        raise ValueError(f"{name2}: has per-sample shape {tuple(x2.shape[1:])} but {name1} has "
+                         f"{tuple(x1.shape[1:])}; both must describe points in the same input space")
     if x1.shape[1] != x2.shape[1]:
         raise ValueError(f"{name2}: has {x2.shape[1]} features but {name1} has {x1.shape[1]}; "
                          "both must describe points in the same input space")
@@ -235,8 +239,9 @@ def load_labelled(path, name: str = "--train", *, labels: str = "required"
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise ValueError(f"{name}: expected inputs of shape (n, d) in {str(p)!r}, got {x.shape}")
+    if not 2 <= x.ndim <= 5 or 0 in x.shape[1:]:
+        raise ValueError(f"{name}: expected inputs of shape (n, d) (or signals (n, C, L), images (n, C, H, W)) "
+                         f"in {str(p)!r}, got {x.shape}")
     if y is not None:
         y = np.asarray(y, dtype=np.float64)
         y = y[:, None] if y.ndim == 1 else y

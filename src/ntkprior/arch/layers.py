@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ntkprior import kernels as km
-from ntkprior.data import Summarized, DEFAULT_DTYPE, as_inputs, check_same_features, parse_memory
+from ntkprior.kernels import spatial
+from ntkprior.data import DEFAULT_DTYPE, Summarized, as_inputs, check_same_features, parse_memory
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -37,10 +38,35 @@ def _check_std(value, name: str, layer: str, allow_none: bool = False) -> float 
 
 
 class Layer:
-    """Base class: a layer description. Subclasses implement ``module``, ``map_kernel``, ``spec``."""
+    """Base class: a layer description. Subclasses implement ``module``, ``map_kernel``, ``spec``.
+
+    ``kind`` classifies the layer for the composition rules of ``Serial.kernel`` (which
+    compositions the kernel map describes exactly): ``"weighted"`` (Dense, Conv: fresh Gaussian
+    pre-activations), ``"activation"``, ``"linear"`` (fixed linear maps: pooling, flatten),
+    ``"norm"`` (LayerNorm), ``"branch"`` (residual sums and concatenations).
+    ``needs_full``: its kernel map reads off-diagonal positions (pooling), so the full
+    positions × positions covariance must reach it.
+    """
+
+    kind = "other"
+    needs_full = False
 
     def out_width(self, in_width: int) -> int:
         return in_width
+
+    def out_shape(self, in_shape: tuple, where: str) -> tuple:
+        """The per-sample output shape for the per-sample input shape ``in_shape`` ((d,) for vectors,
+        (C, L) or (C, H, W) for signals and images); a ValueError naming ``where`` when this layer
+        cannot take that input."""
+        return (self.out_width(in_shape[0]),) + tuple(in_shape[1:])
+
+    def build_module(self, in_shape: tuple, generator: torch.Generator, dtype: torch.dtype) -> nn.Module:
+        """The torch module for per-sample inputs of shape ``in_shape``."""
+        return self.module(in_shape[0], generator, dtype)
+
+    def with_width(self, width: int) -> "Layer":
+        """This layer with ``width`` units/channels where it has a width (a hidden layer)."""
+        return self
 
     def module(self, in_width: int, generator: torch.Generator, dtype: torch.dtype) -> nn.Module:
         raise NotImplementedError
@@ -107,6 +133,8 @@ class Dense(Layer):
     al. 2018) or ``"standard"`` (the NTK then grows with width; Sohl-Dickstein et al. 2020).
     """
 
+    kind = "weighted"
+
     def __init__(self, out_features: int, weight_std: float = 1.0, bias_std: float | None = 0.0,
                  parameterization: str = "ntk"):
         if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
@@ -121,6 +149,17 @@ class Dense(Layer):
 
     def out_width(self, in_width: int) -> int:
         return self.out_features
+
+    def out_shape(self, in_shape, where):
+        if len(in_shape) > 1:
+            flat = math.prod(in_shape)
+            raise ValueError(f"{where} ({self.spec()}): its input is a signal/image of shape {tuple(in_shape)} "
+                             f"per sample, but a dense layer needs vectors; put flatten (or global_avg_pool) "
+                             f"before it, or pass the inputs as a 2-D array of shape (n, {flat})")
+        return (self.out_features,)
+
+    def with_width(self, width):
+        return self.with_out_features(width)
 
     def module(self, in_width, generator, dtype):
         return DenseModule(in_width, self.out_features, self.weight_std, self.bias_std,
@@ -165,6 +204,7 @@ class Activation(Layer):
     """An elementwise nonlinearity φ with its kernel map (``ntkprior.kernels``)."""
 
     name = "activation"
+    kind = "activation"
 
     def torch_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
@@ -176,7 +216,10 @@ class Activation(Layer):
         return ElementwiseModule(self.torch_fn(), self.spec())
 
     def map_kernel(self, state):
-        self.kernel_map().apply(state)
+        if state.full:   # signals/images with every pair of positions: entrywise on the position pairs
+            spatial.activation_full(self.kernel_map(), state)
+        else:
+            self.kernel_map().apply(state)
 
     def spec(self) -> str:
         return self.name
@@ -317,8 +360,16 @@ SiLU = _named_elementwise("silu", torch.nn.functional.silu,
                           lambda x: torch.sigmoid(x) * (1.0 + x * (1.0 - torch.sigmoid(x))),
                           "φ = x·sigmoid(x) (swish), kernels by quadrature.")
 Sin = _named_elementwise("sin", torch.sin, torch.cos, "φ = sin, kernels by quadrature.")
-Gelu = _named_elementwise("gelu", torch.nn.functional.gelu, _gelu_derivative,
-                          "φ = x·Φ(x) (exact GELU), kernels by Gauss–Hermite quadrature.")
+_GeluQuadrature = _named_elementwise("gelu", torch.nn.functional.gelu, _gelu_derivative, "")
+
+
+class Gelu(_GeluQuadrature):
+    """φ = x·Φ(x) (exact GELU, torch's ``gelu``), with the closed-form kernels of Tsuchida,
+    Pearce et al. (2020) (``ntkprior.kernels.GeluMap``: exact at any variance). ``degree`` is
+    kept for compatibility and unused."""
+
+    def kernel_map(self):
+        return km.GeluMap()
 
 
 def _check_float(value, name: str, layer: str) -> float:
@@ -369,58 +420,87 @@ class Serial:
         dense = self.dense_layers
         return dense[-1].out_features if dense else None
 
+    @property
+    def hidden_width(self) -> int | None:
+        """Units (Dense) or channels (Conv) of the first hidden weighted layer — the width that
+        ``with_width`` sets — or None when the only weighted layer is the readout."""
+        weighted = [layer for layer in self.layers if layer.kind == "weighted"]
+        if len(weighted) < 2:
+            return None
+        return getattr(weighted[0], "out_features", None) or weighted[0].out_channels
+
     def with_width(self, width: int) -> "Serial":
-        """The same architecture with every hidden Dense layer (all but the last) of ``width`` units."""
+        """The same architecture with every hidden layer of ``width`` units (Dense) or channels (Conv,
+        also inside branches); the last weighted layer (the readout) is kept."""
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width: must be a positive integer, got {width!r}")
-        last = max((i for i, layer in enumerate(self.layers) if isinstance(layer, Dense)), default=-1)
-        return Serial(layer.with_out_features(width) if isinstance(layer, Dense) and i != last else layer
-                      for i, layer in enumerate(self.layers))
+        last = max((i for i, layer in enumerate(self.layers) if layer.kind == "weighted"), default=-1)
+        return Serial(layer.with_width(width) if i != last else layer for i, layer in enumerate(self.layers))
+
+    def output_shape(self, in_shape) -> tuple:
+        """The per-sample output shape for per-sample inputs of shape ``in_shape`` (an int d for
+        vectors, or (C, L), (C, H, W)); a ValueError naming the first layer that cannot take its input."""
+        shape = _input_shape(in_shape)
+        for i, layer in enumerate(self.layers):
+            shape = layer.out_shape(shape, f"layer {i}")
+        return shape
 
     # --- the finite network ---------------------------------------------------------
-    def build(self, in_features: int, seed: int = 0, dtype: torch.dtype = DEFAULT_DTYPE,
+    def build(self, in_features, seed: int = 0, dtype: torch.dtype = DEFAULT_DTYPE,
               device=None) -> nn.Sequential:
         """A ``torch.nn.Sequential`` with exactly this parameterisation and initialisation.
 
-        Parameters are drawn from a ``torch.Generator`` seeded with ``seed``, so the same
-        seed gives the same network on every machine.
+        ``in_features`` is the input width d, or the per-sample shape (C, L) / (C, H, W) of
+        signals and images (PyTorch layout). Parameters are drawn from a ``torch.Generator``
+        seeded with ``seed``, so the same seed gives the same network on every machine.
         """
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"in_features: must be a positive integer, got {in_features!r}")
+        shape = _input_shape(in_features)
         gen = torch.Generator().manual_seed(int(seed))
-        modules, width = [], in_features
-        for layer in self.layers:
-            modules.append(layer.module(width, gen, dtype))
-            width = layer.out_width(width)
+        modules = []
+        for i, layer in enumerate(self.layers):
+            out = layer.out_shape(shape, f"layer {i}")
+            modules.append(layer.build_module(shape, gen, dtype))
+            shape = out
         net = nn.Sequential(*modules)
         return net.to(device) if device is not None else net
 
     # --- the infinite-width kernels ---------------------------------------------------
     def kernel(self, x1, x2=None, *, diagonal: bool = False, max_memory="1GB",
                block_rows: int | None = None, progress: bool = False) -> Kernels:
-        """Exact infinite-width NNGP and NTK between ``x1`` (n1, d) and ``x2`` (n2, d).
+        """Exact infinite-width NNGP and NTK between ``x1`` and ``x2``: vectors (n, d), signals
+        (n, C, L) or images (n, C, H, W).
 
         ``x2=None`` means ``x2 = x1``: only the upper triangle is computed and mirrored (the
         result is exactly symmetric), and the diagonal is exact (the angle there is 0, not
         round-off). ``diagonal=True`` returns only K(x, x) and Θ(x, x), shape (n1,),
         in O(n) memory. Rows are processed in blocks whose temporaries stay within
-        ``max_memory`` (bytes or '512MB'), and small enough to stay in cache.
+        ``max_memory`` (bytes or '512MB'), and small enough to stay in cache; ``block_rows``
+        fixes the rows per block instead. Signals and images carry the covariance of every
+        pair of positions only when a later layer needs it (pooling), else only the position
+        diagonal (MATH.md section 6). A ValueError is raised before any work when the
+        architecture composes layers the kernel map cannot describe (see ``docs/architectures.md``)
+        or when the output would not fit in memory.
         Returns per-output-unit kernels (every output unit of the last Dense layer has
         the same kernel and distinct units are independent), on ``x1``'s device (a GPU when
         ``x1`` is a CUDA tensor; ``x2`` is moved there).
         """
         x1 = as_inputs(x1, "x1")
+        plan = self._plan(tuple(x1.shape[1:]))
+        if block_rows is not None:
+            block_rows = _check_size(block_rows, "block_rows")
         if diagonal:
             if x2 is not None:
                 raise ValueError("x2: diagonal=True computes K(x1, x1) only; pass x2=None")
-            state = km.input_state(x1, x1, diagonal=True)
-            self._propagate(state)
+            state = km.input_state(x1, x1, diagonal=True, full=plan.full)
+            self._propagate(state, plan)
             return Kernels(state.cov, state.ntk)
         symmetric = x2 is None
         x2 = x1 if symmetric else as_inputs(x2, "x2", device=x1.device)
         check_same_features(x1, x2)
         n1, n2 = x1.shape[0], x2.shape[0]
-        rows = block_rows or _block_rows(n2, parse_memory(max_memory), cpu=x1.device.type == "cpu")
+        _check_output_fits(n1, n2, x1.element_size(), x1.device)
+        rows = block_rows or _block_rows(n2 * plan.per_pair, parse_memory(max_memory),
+                                         cpu=x1.device.type == "cpu")
         nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
         ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
         starts = range(0, n1, rows)
@@ -430,20 +510,192 @@ class Serial:
         for r0 in starts:
             r1 = min(r0 + rows, n1)
             c0 = r0 if symmetric else 0  # symmetric: the upper triangle only, mirrored below
-            state = km.input_state(x1[r0:r1], x2[c0:], diag_offset=0 if symmetric else None)
-            self._propagate(state)
+            state = km.input_state(x1[r0:r1], x2[c0:], diag_offset=0 if symmetric else None, full=plan.full)
+            self._propagate(state, plan)
             for out, block in ((nngp, state.cov), (ntk, state.ntk)):
                 out[r0:r1, c0:] = block
                 if symmetric:
                     out[r1:, r0:r1] = block[:, r1 - r0:].T
+                    _mirror_upper(out[r0:r1, r0:r1])
         return Kernels(nngp, ntk)
 
-    def _propagate(self, state: km.KernelState) -> None:
-        for layer in self.layers:
-            layer.map_kernel(state)
+    def _plan(self, in_shape: tuple) -> "_Plan":
+        """Check the shapes and the composition; decide where the full position covariance is needed."""
+        shape, per_pair = _input_shape(in_shape), 1
+        last_full = max((i for i, layer in enumerate(self.layers) if layer.needs_full), default=-1)
+        for i, layer in enumerate(self.layers):
+            positions = math.prod(shape[1:])
+            per_pair = max(per_pair, positions ** 2 if i <= last_full else positions)
+            shape = layer.out_shape(shape, f"layer {i}")
+        check_composition(self.layers)
+        if len(shape) > 1:
+            raise ValueError(f"arch: the output is a signal/image of shape {shape} per sample; end with a "
+                             "readout such as 'flatten dense(1)' or 'global_avg_pool dense(1)'")
+        return _Plan(full=last_full >= 0, last_full=last_full, per_pair=per_pair)
+
+    def _propagate(self, state: km.KernelState, plan: "_Plan | None" = None) -> None:
+        plan = plan or _Plan(False, -1, 1)
+        previous = None
+        for i, layer in enumerate(self.layers):
+            previous = apply_layer(layer, state, previous)
+            if i == plan.last_full:
+                from ntkprior.kernels.spatial import to_diagonal
+                to_diagonal(state)
+
+
+@dataclass
+class _Plan:
+    """How ``Serial.kernel`` carries the state: the full position covariance up to layer
+    ``last_full`` (the last that reads off-diagonal positions), the position diagonal after it;
+    ``per_pair``: the most numbers a pair of inputs carries at once (for the row blocks)."""
+
+    full: bool
+    last_full: int
+    per_pair: int
+
+
+def apply_layer(layer: Layer, state: km.KernelState, previous: Layer | None) -> Layer | None:
+    """Map ``state`` through ``layer`` (in place) and return the layer now last applied.
+
+    ReLU after ReLU is skipped: relu∘relu = relu exactly, and a second arc-cosine map would
+    wrongly treat the first one's outputs as Gaussian.
+    """
+    if _repeats(previous, layer):
+        return previous
+    if layer.kind == "branch":
+        layer.map_kernel(state, previous)
+    else:
+        layer.map_kernel(state)
+    return layer
+
+
+def _repeats(previous: Layer | None, layer: Layer) -> bool:
+    return type(layer) is ReLU and type(previous) is ReLU
+
+
+@dataclass
+class Flow:
+    """What the composition rules know about the signal at one point of a network.
+
+    ``gaussian``: Gaussian with mean 0 at infinite width (after a weighted layer, and kept by
+    fixed linear maps, LayerNorm and sums of such branches) — what an activation's closed form
+    and LayerNorm's assume. ``raw``: only fixed maps of the inputs so far. ``fresh``: a weighted
+    layer with only linear maps after it (mean 0 and independent of other branches).
+    ``previous``: the last layer applied (None at the input).
+    """
+
+    gaussian: bool = False
+    raw: bool = True
+    fresh: bool = False
+    weighted: bool = False
+    previous: Layer | None = None
+    #: a per-channel trained scale (LayerNorm's affine γ) since the last weighted layer: its gradient
+    #: is the unit's own value, correlated with an activation's derivative there
+    scaled: bool = False
+
+
+def check_composition(layers, where: str = "layer ", flow: Flow | None = None, *,
+                      top: bool = True) -> Flow:
+    """Refuse compositions the infinite-width kernel map cannot describe, naming the position and the fix.
+
+    Exact: activations of Gaussian pre-activations (after Dense/Conv, pooling of those, LayerNorm,
+    residual sums of those); ReLU after ReLU (relu∘relu = relu); Identity anywhere. Refused: an
+    activation on raw inputs or on a non-Gaussian signal (two activations in a row, an activation
+    after a post-activation residual sum), LayerNorm of a non-Gaussian signal (its channel mean is
+    not 0), no weighted layer. A network may end with an activation: the kernels are then those of
+    its last units (e.g. the features a readout would see).
+    """
+    flow = Flow() if flow is None else flow
+    for i, layer in enumerate(layers):
+        here = f"{where}{i} ({layer.spec()})"
+        if layer.kind == "weighted":
+            flow = Flow(gaussian=True, raw=False, fresh=True, weighted=True, previous=layer)
+        elif layer.kind == "activation":
+            if not (isinstance(layer, Identity) or flow.gaussian or _repeats(flow.previous, layer)):
+                raise ValueError(_non_gaussian(here, flow, "an activation's kernel map"))
+            if flow.scaled and not isinstance(layer, Identity):
+                raise ValueError(f"{here}: follows layer_norm(affine=True) with no dense or conv between: the "
+                                 "gradient of its per-channel scale is the unit's own value, correlated with "
+                                 "the activation's derivative, so the NTK has no closed form; use layer_norm "
+                                 "(affine=False) before activations")
+            if not isinstance(layer, Identity) and not _repeats(flow.previous, layer):
+                flow = Flow(raw=flow.raw, weighted=flow.weighted, previous=layer)
+        elif layer.kind == "norm":
+            if not flow.gaussian:
+                raise ValueError(_non_gaussian(here, flow, "layer_norm (which assumes a channel mean of 0)"))
+            flow.previous, flow.scaled = layer, flow.scaled or getattr(layer, "affine", False)
+        elif layer.kind == "branch":
+            flow = layer.check_composition(f"{where}{i}", flow)
+        else:
+            flow.previous = layer
+    if top and not flow.weighted:
+        raise ValueError("arch: has no dense or conv layer, so it describes no network's kernel; "
+                         "add one, e.g. 'dense(512) relu dense(1)'")
+    return flow
+
+
+def _non_gaussian(here: str, flow: Flow, what: str) -> str:
+    if flow.raw:
+        cause = "it acts on the raw inputs, which are not Gaussian"
+        fix = "put a dense or conv layer before it (or transform the inputs yourself)"
+    else:
+        before = flow.previous.spec() if flow.previous is not None else "the input"
+        cause = f"its input (after {before}) is not a Gaussian of mean 0 at infinite width"
+        fix = ("put a dense or conv layer before it; for residual networks use the pre-activation form "
+               "residual{relu conv(...) relu conv(...)} whose sums stay Gaussian")
+    return f"{here}: {what} has no exact closed form here: {cause}; {fix}"
+
+
+def _mirror_upper(square: torch.Tensor) -> None:
+    """Copy the upper triangle of a square block onto its lower one (exact symmetry: the
+    position sums of signals and images round differently for (i, j) and (j, i))."""
+    rows, cols = torch.tril_indices(square.shape[0], square.shape[0], -1, device=square.device)
+    square[rows, cols] = square[cols, rows]
+
+
+def _input_shape(in_features) -> tuple:
+    """``d`` or a per-sample shape such as (C, L), (C, H, W) -> a tuple of positive ints."""
+    shape = (in_features,) if isinstance(in_features, int) and not isinstance(in_features, bool) else in_features
+    if (not isinstance(shape, (tuple, list, torch.Size)) or not 1 <= len(shape) <= 4
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape)):
+        raise ValueError(f"in_features: must be a positive integer d, or a per-sample shape (C, L) or "
+                         f"(C, H, W) of positive integers, got {in_features!r}")
+    return tuple(int(v) for v in shape)
+
+
+def _check_size(value, name: str) -> int:
+    """A positive integer size argument, or a ValueError like ``max_memory``'s."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory available for new tensors on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_output_fits(n1: int, n2: int, itemsize: int, device: torch.device) -> None:
+    """Refuse, before allocating, two (n1, n2) outputs that do not fit in the memory available."""
+    need = 2 * n1 * n2 * itemsize
+    available = _available_bytes(device)
+    if available is not None and need > available:
+        raise ValueError(f"x1: the NNGP and NTK matrices ({n1} x {n2}) need {need / 1e9:.1f} GB but "
+                         f"{available / 1e9:.1f} GB is available; pass diagonal=True for K(x, x) only, "
+                         "or compute blocks to disk with ntkprior.distributed.kernel_matrix")
 
 
 #: bytes of one (rows, n2) temporary: measured fastest between 1 and 8 MB on 2 cores at n2 = 4000
+#: (n2 counts every number a pair carries: columns × positions, or × positions² with pooling)
 _TILE_BYTES = 4 << 20
 #: live (rows, n2) temporaries during a layer map: cov, ntk, s, θ/T', T and the input Gram
 _TEMPORARIES = 6
@@ -478,4 +730,7 @@ def serial(*layers) -> Serial:
             raise ValueError(f"layers[{i}]: expected a layer such as Dense(512) or ReLU(), got {layer!r}")
     if not flat:
         raise ValueError("layers: an architecture needs at least one layer, e.g. serial(Dense(1))")
+    if any(layer.kind == "marker" for layer in flat):
+        from ntkprior.arch.branching import collapse_branches
+        flat = collapse_branches(flat)
     return Serial(flat)

@@ -5,7 +5,10 @@ A spec is a sequence of layers separated by spaces (or ``->``)::
     dense(512, weight_std=1.5, bias_std=0.05) relu dense(512, weight_std=1.5) relu dense(1)
 
 Each layer is a name, optionally followed by arguments in parentheses written as in
-Python (numbers, strings, ``None``). A block may be repeated: ``[dense(512) relu]*3``.
+Python (numbers, strings, lists, ``None``). A block may be repeated: ``[dense(512) relu]*3``.
+Branches are written in braces: ``residual{relu conv(16, 3) relu conv(16, 3)}`` (x + block(x);
+``residual(alpha=0.5){...}`` scales the block), ``sum{b_1 | b_2}`` and ``concat{b_1 | b_2}``
+(an empty branch is the identity; ``sum(scales=[1.0, 0.5]){...}``).
 Layer names: see :data:`LAYERS`. ``str(arch)`` gives back a spec that parses to the
 same architecture.
 
@@ -23,6 +26,10 @@ import re
 from pathlib import Path
 
 from ntkprior.arch import layers as L
+from ntkprior.arch.branching import Sum
+from ntkprior.arch.conv import Conv
+from ntkprior.arch.normalization import LayerNorm
+from ntkprior.arch.pooling import AvgPool, Flatten, GlobalAvgPool
 
 #: spec name -> layer class
 LAYERS = {
@@ -30,12 +37,19 @@ LAYERS = {
     "identity": L.Identity, "gelu": L.Gelu, "tanh": L.Tanh, "sigmoid": L.Sigmoid,
     "softplus": L.Softplus, "silu": L.SiLU, "sin": L.Sin,
 }
+LAYERS.update({"conv": Conv, "avg_pool": AvgPool, "global_avg_pool": GlobalAvgPool, "flatten": Flatten,
+               "layer_norm": LayerNorm})
+#: branch names written ``name(args){branch | branch}``
+GROUPS = ("residual", "sum", "concat")
 _ALIASES = {"linear": "identity", "swish": "silu", "leakyrelu": "leaky_relu", "fc": "dense"}
 
 _TOKEN = re.compile(r"""
     (?P<space>\s+|->)
   | (?P<open>\[)
   | (?P<close>\]\s*\*\s*(?P<times>\d+))
+  | (?P<group>(?P<gname>(?i:residual|sum|concat))\s*(?:\((?P<gargs>[^()]*)\))?\s*\{)
+  | (?P<bar>\|)
+  | (?P<gclose>\})
   | (?P<layer>(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\((?P<args>[^()]*)\))?)
 """, re.VERBOSE)
 
@@ -53,28 +67,80 @@ def parse_spec(text: str) -> L.Serial:
     """Read a one-line architecture spec into an architecture."""
     if not isinstance(text, str) or not text.strip():
         raise SpecError("arch: empty architecture spec; write e.g. \"dense(512) relu dense(1)\"")
-    stack: list[list] = [[]]
-    opened: list[int] = []
+    # frames: the top level, '[' repeats and '{' branch groups; each holds branches of layers
+    stack: list[dict] = [{"kind": "top", "branches": [[]], "pos": 0}]
     pos = 0
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
             raise _fail(text, pos, 1, f"unexpected character {text[pos]!r}")
+        current = stack[-1]["branches"][-1]
         if m.group("open"):
-            stack.append([])
-            opened.append(pos)
+            stack.append({"kind": "repeat", "branches": [[]], "pos": pos})
         elif m.group("close"):
-            if len(stack) == 1:
+            if stack[-1]["kind"] != "repeat":
                 raise _fail(text, pos, 1, "']' without a matching '['")
-            block = stack.pop()
-            opened.pop()
-            stack[-1].extend(block * int(m.group("times")))
+            block = stack.pop()["branches"][0]
+            stack[-1]["branches"][-1].extend(block * int(m.group("times")))
+        elif m.group("group"):
+            stack.append({"kind": "group", "branches": [[]], "pos": pos, "match": m})
+        elif m.group("bar"):
+            if stack[-1]["kind"] != "group":
+                raise _fail(text, pos, 1, "'|' separates branches only inside sum{...} or concat{...}")
+            stack[-1]["branches"].append([])
+        elif m.group("gclose"):
+            if stack[-1]["kind"] != "group":
+                raise _fail(text, pos, 1, "'}' without a matching residual{, sum{ or concat{")
+            frame = stack.pop()
+            stack[-1]["branches"][-1].append(_make_group(text, frame))
         elif m.group("layer"):
-            stack[-1].append(_make_layer(text, m))
+            current.append(_make_layer(text, m))
         pos = m.end()
-    if opened:
-        raise _fail(text, opened[-1], 1, "'[' is never closed with ']*N'")
-    return L.serial(stack[0]) if stack[0] else L.serial()
+    if len(stack) > 1:
+        what = "'[' is never closed with ']*N'" if stack[-1]["kind"] == "repeat" else "'{' is never closed with '}'"
+        raise _fail(text, stack[-1]["pos"], 1, what)
+    layers = stack[0]["branches"][0]
+    return L.serial(layers) if layers else L.serial()
+
+
+def _make_group(text: str, frame: dict) -> L.Layer:
+    """``residual(alpha=a){block}``, ``sum(scales=[...]){b | b}`` or ``concat{b | b}``."""
+    m = frame["match"]
+    name = m.group("gname").lower()
+    fail = lambda why: _fail(text, m.start(), m.end() - m.start(), why)  # noqa: E731
+    args, kwargs = _literal_args(text, m, m.group("gargs"))
+    branches = frame["branches"]
+    try:
+        if name == "residual":
+            if len(branches) != 1 or not branches[0]:
+                raise fail("residual{...} holds the layers of one block (no '|'); write sum{a | b} for more")
+            inspect.signature(_residual_args).bind(*args, **kwargs)
+            return Sum([[], branches[0]], "sum", (1.0, _residual_args(*args, **kwargs)))
+        inspect.signature(_sum_args).bind(*args, **kwargs)
+        return Sum(branches, name, _sum_args(*args, **kwargs) if name == "sum" else None)
+    except TypeError as exc:
+        raise fail(f"bad arguments for {name} ({exc}); residual takes (alpha), sum takes (scales)") from None
+    except ValueError as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise fail(str(exc)) from None
+
+
+def _residual_args(alpha=1.0):
+    return alpha
+
+
+def _sum_args(scales=None):
+    return scales
+
+
+def _literal_args(text: str, m: re.Match, source: str | None):
+    try:
+        call = ast.parse(f"f({source or ''})", mode="eval").body
+        return [ast.literal_eval(a) for a in call.args], {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError):
+        raise _fail(text, m.start(), m.end() - m.start(),
+                    "arguments must be Python literals such as 512, 1.5, None or 'standard'") from None
 
 
 def _make_layer(text: str, m: re.Match) -> L.Layer:
@@ -84,15 +150,10 @@ def _make_layer(text: str, m: re.Match) -> L.Layer:
     name = m.group("name").lower()
     name = _ALIASES.get(name, name)
     if name not in LAYERS:
+        hint = f" (write {name}{{...}} for a branch)" if name in GROUPS else ""
         raise _fail(text, m.start(), len(m.group("name")),
-                    f"unknown layer {m.group('name')!r} (known: {', '.join(sorted(LAYERS))})")
-    try:
-        call = ast.parse(f"f({m.group('args') or ''})", mode="eval").body
-        args = [ast.literal_eval(a) for a in call.args]
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError):
-        raise _fail(text, m.start(), m.end() - m.start(),
-                    "arguments must be Python literals such as 512, 1.5, None or 'standard'") from None
+                    f"unknown layer {m.group('name')!r}{hint} (known: {', '.join(sorted(LAYERS))})")
+    args, kwargs = _literal_args(text, m, m.group("args"))
     return _construct(name, args, kwargs, lambda why: _fail(text, m.start(), m.end() - m.start(), why))
 
 

@@ -255,7 +255,7 @@ def train(arch, x_train, y_train, x_test=None, steps: int = 1000, learning_rate:
     progress : show a tqdm progress bar over steps.
     """
     x_train = as_inputs(x_train, "x_train", dtype=dtype, device=device)
-    n, d = x_train.shape
+    n, d = x_train.shape[0], (x_train.shape[1] if x_train.ndim == 2 else tuple(x_train.shape[1:]))
     y_train = as_labels(y_train, n, "y_train", dtype=dtype, device=device)
     if x_test is not None:
         x_test = as_inputs(x_test, "x_test", dtype=dtype, device=device)

@@ -3,7 +3,8 @@
 (``empirical``, loaded on first use: it brings in torch.func)."""
 
 from ntkprior.kernels.activations import ActivationMap, ErfMap, PiecewiseLinearMap, QuadratureMap, derivative
+from ntkprior.kernels.activations import GeluMap
 from ntkprior.kernels.state import KernelState, dense_update, input_state
 
 __all__ = ["ActivationMap", "ErfMap", "KernelState", "PiecewiseLinearMap", "QuadratureMap", "dense_update",
-           "derivative", "input_state"]
+           "derivative", "input_state", "GeluMap"]

@@ -169,7 +169,7 @@ class QuadratureMap(ActivationMap):
     @staticmethod
     def _mean_square(f, var: Tensor, degree: int) -> Tensor:
         nodes, weights = (torch.from_numpy(a).to(var) for a in roots_hermite(degree))
-        u = var.clamp(min=0.0).mul(2.0).sqrt()[:, None] * nodes
+        u = var.reshape(-1).clamp(min=0.0).mul(2.0).sqrt()[:, None] * nodes  # any shape of variances
         return (f(u) ** 2 * weights).sum(-1) / math.sqrt(math.pi)
 
     def diag(self, var):
@@ -203,3 +203,35 @@ class QuadratureMap(ActivationMap):
             return (f(u) * f(v) * wij).sum((-1, -2))
 
         return expect(self.fn), expect(self.dfn)
+
+
+class GeluMap(ActivationMap):
+    """φ(x) = x·Φ(x) (exact GELU), in closed form (Tsuchida, Pearce et al. 2020; MATH.md section 6).
+
+    With P = K11·K22, P₁ = (K11 + 1)(K22 + 1), Δ = sqrt(P₁ − K²) (computed as
+    sqrt(K11 + K22 + 1 + max(K11·K22 − K², 0)), free of cancellation) and α = atan2(K, Δ)::
+
+        T  = K/4 + [ (K² + P·Δ²) / (P₁·Δ) + K·α ] / (2π)
+        T' = 1/4 + α/(2π) + K / (2πΔ) · (1/Δ² + (1 − P)/P₁ + 1)
+
+    and E[φ(u)²] is T at K = K11 = K22. Exact at any variance, unlike quadrature.
+    """
+
+    def pair(self, cov, var1, var2):
+        gap = (var1 * var2 - cov * cov).clamp_(min=0.0)
+        return self._closed_form(cov, var1, var2, gap)
+
+    def diag(self, var):
+        return self._closed_form(var, var, var, torch.zeros_like(var))
+
+    @staticmethod
+    def _closed_form(k, k11, k22, gap):
+        p = k11 * k22
+        p1 = (k11 + 1.0) * (k22 + 1.0)
+        delta = (gap + k11 + k22 + 1.0).sqrt_()
+        alpha = torch.atan2(k, delta)
+        t = (k * k + p * delta * delta) / (p1 * delta) + k * alpha
+        t = t.div_(2.0 * math.pi).add_(k, alpha=0.25)
+        tdot = (1.0 / (delta * delta) + (1.0 - p) / p1 + 1.0) * k / (2.0 * math.pi * delta)
+        tdot.add_(alpha, alpha=1.0 / (2.0 * math.pi)).add_(0.25)
+        return t, tdot

@@ -29,6 +29,11 @@ class KernelState:
     diagonal entry, which is kept exactly equal to ``var1``/``ntk1`` after every layer
     (so the angle there is exactly zero, not round-off). ``width`` is the current layer
     width, needed by the standard parameterisation.
+
+    Signals and images (MATH.md section 6) add positions: ``shape`` is the spatial shape
+    (``()`` for vectors) and every tensor gains trailing position axes, flattened — the
+    position diagonal ``(..., P)``, or with ``full`` the whole positions × positions
+    covariance ``(..., P, P)`` (``ntkprior.kernels.spatial``).
     """
 
     cov: Tensor
@@ -39,6 +44,8 @@ class KernelState:
     width: int
     diagonal: bool = False
     diag_offset: int | None = None
+    shape: tuple = ()
+    full: bool = False
 
     def sync_diagonal(self) -> None:
         """Overwrite the diagonal entries of a symmetric block with the exact variances."""
@@ -51,8 +58,15 @@ class KernelState:
 
 
 def input_state(x1: Tensor, x2: Tensor, *, diagonal: bool = False,
-                diag_offset: int | None = None) -> KernelState:
-    """The state at the input: ``K = x·x' / d``, ``Θ = 0`` (the input is normalised by its dimension)."""
+                diag_offset: int | None = None, full: bool = False) -> KernelState:
+    """The state at the input: ``K = x·x' / d``, ``Θ = 0`` (the input is normalised by its dimension).
+
+    Signals/images (n, C, *S): ``K(i, j) = Σ_c x_c(i) x'_c(j) / C`` per pair of positions, all
+    pairs when ``full``, else only the position diagonal (``ntkprior.kernels.spatial``).
+    """
+    if x1.ndim > 2:
+        from ntkprior.kernels.spatial import spatial_input_state
+        return spatial_input_state(x1, x2, diagonal=diagonal, diag_offset=diag_offset, full=full)
     d = x1.shape[1]
     var1 = (x1 * x1).sum(1) / d
     if diagonal:

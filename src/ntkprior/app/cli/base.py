@@ -36,6 +36,8 @@ CANDIDATES_HELP = ("candidate labelings of the test inputs: a .csv with one colu
                    "names) and one row per test input, a .json {name: [labels]}, an .npz or an .npy "
                    "(n_candidates, n_test)")
 FORMAT_HELP = "what to print: text (tables) or json (machine-readable)"
+INPUT_SHAPE_HELP = ("per-sample shape C,L or C,H,W of signals/images stored as flat rows (e.g. a .csv): each "
+                    "row of C·L or C·H·W numbers is reshaped to it, channels first as in torch")
 SMALL = '"[dense(512, weight_std=1.5, bias_std=0.05) relu]*2 dense(1)"'
 
 
@@ -59,18 +61,36 @@ def fails_cleanly(fn):
     return wrapper
 
 
-def read_inputs(path: Path, name: str) -> np.ndarray:
-    """Inputs from .npy/.npz/.csv. In a CSV, columns named y, y1, ... are labels, as for --train: they
-    are left out of the inputs, and a note says which columns were used."""
+def read_inputs(path: Path, name: str, input_shape: Optional[str] = None) -> np.ndarray:
+    """Inputs from .npy/.npz/.csv, reshaped by --input-shape. In a CSV, columns named y, y1, ... are
+    labels, as for --train: they are left out of the inputs, and a note says which columns were used."""
     from ntkprior.data import csv_columns, load_array, load_labelled
     if Path(path).suffix.lower() not in (".csv", ".txt"):
-        return load_array(path, name)
+        return shaped(load_array(path, name), input_shape, name)
     x, y = load_labelled(path, name, labels="optional")
     if y is not None:
         inputs, labels = csv_columns(path)
         typer.echo(f"note: {name}: {path} has label column(s) {', '.join(labels)}, left out; the inputs are "
                    f"its {len(inputs)} other column(s): {', '.join(inputs)}", err=True)
-    return x
+    return shaped(x, input_shape, name)
+
+
+def input_shape_option():
+    return typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
+
+
+def shaped(array, input_shape: Optional[str], name: str):
+    """``array`` (n, ...) reshaped to (n, *input_shape) when --input-shape is given (else unchanged)."""
+    if input_shape is None or array is None:
+        return array
+    shape = tuple(parse_numbers(input_shape, "--input-shape", int))
+    if any(v < 1 for v in shape):
+        raise ValueError(f"--input-shape: {input_shape!r} must be positive integers such as 1,8,8")
+    per_row, want = int(np.prod(array.shape[1:])), int(np.prod(shape))
+    if per_row != want:
+        raise ValueError(f"--input-shape: {name} has {per_row} numbers per row but {input_shape} holds {want}; "
+                         "give the shape of one sample (channels first)")
+    return array.reshape((array.shape[0],) + shape)
 
 
 def example(*lines: str) -> str:
@@ -140,14 +160,16 @@ def test_data(path: Optional[Path]):
     return load_labelled(path, "--test", labels="optional")
 
 
-def load_problem(fmt: str, arch: str, train_file: Path, test_file: Optional[Path]):
-    """Check --format and read --arch, --train and --test: (architecture, x, y, x_test, y_test)."""
+def load_problem(fmt: str, arch: str, train_file: Path, test_file: Optional[Path],
+                 input_shape: Optional[str] = None):
+    """Check --format and read --arch, --train and --test (rows reshaped to --input-shape):
+    (architecture, x, y, x_test, y_test)."""
     from ntkprior.arch.spec import load_arch
     check_format(fmt)
     architecture = load_arch(arch)
     x, y = train_data(train_file)
     x_test, y_test = test_data(test_file)
-    return architecture, x, y, x_test, y_test
+    return architecture, shaped(x, input_shape, "--train"), y, shaped(x_test, input_shape, "--test"), y_test
 
 
 def candidates_for(path: Optional[Path], x_test, y_test) -> Optional[dict]:

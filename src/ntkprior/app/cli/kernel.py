@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from ntkprior.app.cli.base import (ARCH_HELP, app, fails_cleanly, read_inputs)
+from ntkprior.app.cli.base import input_shape_option
 
 
 # ============================================================================== kernel
@@ -29,12 +30,13 @@ def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
            scheduler: Optional[str] = typer.Option(None, "--scheduler", help="with --store: a Dask scheduler "
                                                    "address; default a LocalCluster on this machine"),
            block: int = typer.Option(4096, "--block", help="with --store: block size (rows and columns)"),
+           input_shape: Optional[str] = input_shape_option(),
            ) -> None:
     """Exact infinite-width NNGP and NTK of ARCH between x1 and x2, written to an .npz (or a zarr store)."""
     from ntkprior.arch.spec import load_arch
     architecture = load_arch(arch)
-    a1 = read_inputs(x1, "--x1")
-    a2 = read_inputs(x2, "--x2") if x2 is not None else None
+    a1 = read_inputs(x1, "--x1", input_shape)
+    a2 = read_inputs(x2, "--x2", input_shape) if x2 is not None else None
     if store is not None:
         if diagonal:
             raise ValueError("--diagonal: not available with --store; the diagonal fits in memory, drop --store")

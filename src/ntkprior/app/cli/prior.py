@@ -13,6 +13,7 @@ from ntkprior.app.cli.base import (CANDIDATES_HELP, SMALL, TEST_HELP, app, arch_
                                    check_format, diag_reg_option, emit, example, fails_cleanly, format_option,
                                    learning_rate_option, load_problem, out_option, parse_numbers, read_inputs,
                                    test_option, train_option, write_outputs)
+from ntkprior.app.cli.base import input_shape_option
 
 
 # ============================================================================== eigen
@@ -27,6 +28,7 @@ def eigen(arch: str = arch_option(),
                                                 "figure (.png, .svg, .pdf)"),
           out: Optional[Path] = out_option("values, vectors, sign changes: .npz, .json or .csv"),
           fmt: str = format_option(),
+          input_shape: Optional[str] = input_shape_option(),
           ) -> None:
     """Eigenvalues and eigenvectors of ARCH's kernel on the inputs, and a figure of them.
 
@@ -38,7 +40,7 @@ def eigen(arch: str = arch_option(),
     from ntkprior.prior.spectrum import count_sign_changes, eigenmodes
     check_format(fmt)
     architecture = load_arch(arch)
-    inputs = read_inputs(x, "--x")
+    inputs = read_inputs(x, "--x", input_shape)
     modes = eigenmodes(architecture, inputs, k=min(k, len(inputs)) if k >= 1 else k, kernel=kernel)
     one_d = inputs.ndim == 2 and inputs.shape[1] == 1
     changes = None
@@ -81,6 +83,7 @@ def score(arch: str = arch_option(),
           diag_reg: float = diag_reg_option(),
           out: Optional[Path] = out_option("the ranking: .csv, .json or .npz"),
           fmt: str = format_option(),
+          input_shape: Optional[str] = input_shape_option(),
           ) -> None:
     """Rank candidate labelings of the test inputs by log p(y* | training data) under ARCH's kernel prior.
 
@@ -88,7 +91,7 @@ def score(arch: str = arch_option(),
     test inputs (see docs/prior.md).
     """
     from ntkprior.prior.prior import rank_candidates
-    architecture, x, y, x_test, y_test = load_problem(fmt, arch, train_file, test_file)
+    architecture, x, y, x_test, y_test = load_problem(fmt, arch, train_file, test_file, input_shape)
     named = candidates_for(candidates_file, x_test, y_test)
     if named is None:
         raise ValueError("--candidates: nothing to rank; pass --candidates, or a --test file with a y column")
@@ -119,10 +122,11 @@ def predict(arch: str = arch_option(),
             diag_reg: float = diag_reg_option(),
             out: Optional[Path] = out_option("mean and std: .npz, .json, or .csv (one time)"),
             fmt: str = format_option(),
+            input_shape: Optional[str] = input_shape_option(),
             ) -> None:
     """Posterior or training-dynamics prediction of ARCH's kernel models at the test inputs."""
     from ntkprior.prior.prior import predict as kernel_predict
-    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file)
+    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file, input_shape)
     times = None if t is None else parse_numbers(t, "--t")
     post = kernel_predict(architecture, x, y, x_test, kind=kind, learning_rate=learning_rate, diag_reg=diag_reg,
                           t=None if times is None else (times if len(times) > 1 else times[0]), cov="diagonal")

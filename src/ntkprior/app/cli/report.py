@@ -9,6 +9,7 @@ import typer
 
 from ntkprior.app.cli.base import (ARCH_HELP, CANDIDATES_HELP, SMALL, TRAIN_HELP, app, candidates_for,
                                    example, fails_cleanly, parse_numbers, test_data, test_option, train_data)
+from ntkprior.app.cli.base import input_shape_option, shaped
 
 
 # ============================================================================== report
@@ -34,6 +35,7 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
            widths: Optional[str] = typer.Option(None, "--widths", help="your data: hidden widths trained and "
                                                 "swept, comma-separated (default ARCH's own; sweep 32-512)"),
            progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+           input_shape: Optional[str] = input_shape_option(),
            ) -> None:
     """The whole analysis (eigenmodes, the prior over labels, training vs theory, simplicity) as an HTML report.
 
@@ -47,6 +49,7 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
             raise ValueError("--arch, --train: a report on your data needs both")
         x, y = train_data(train_file)
         x_test, y_test = test_data(test_file)
+        x, x_test = shaped(x, input_shape, "--train"), shaped(x_test, input_shape, "--test")
         user = dict(arch=arch, x_train=x, y_train=y, x_test=x_test,
                     candidates=candidates_for(candidates_file, x_test, y_test), learning_rate=learning_rate,
                     steps=steps, widths=None if widths is None else parse_numbers(widths, "--widths", int))

@@ -10,6 +10,7 @@ import typer
 from ntkprior.app.cli.base import (SMALL, app, arch_option, emit, example, fails_cleanly, format_option,
                                    learning_rate_option, load_problem, out_option, parse_numbers, seed_option,
                                    steps_option, test_option, train_option, write_outputs)
+from ntkprior.app.cli.base import input_shape_option
 
 
 # ============================================================================== train
@@ -29,6 +30,7 @@ def train_command(arch: str = arch_option(),
                                                        "one retrains at that width; several run a width sweep"),
                   out: Optional[Path] = out_option("the results: .npz or .json"),
                   fmt: str = format_option(),
+                  input_shape: Optional[str] = input_shape_option(),
                   ) -> None:
     """Train finite networks of ARCH by gradient descent beside the kernel's prediction, or sweep the width.
 
@@ -37,7 +39,7 @@ def train_command(arch: str = arch_option(),
     """
     from ntkprior.prior.prior import predict as kernel_predict
     from ntkprior.dynamics.training import train, width_sweep
-    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file)
+    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file, input_shape)
     chosen = None if widths is None else parse_numbers(widths, "--widths", int)
     if chosen is not None and len(chosen) > 1:
         if x_test is None:
@@ -90,10 +92,11 @@ def diagnose(arch: str = arch_option(),
              seed: int = seed_option(),
              out: Optional[Path] = out_option("the verdict and its figures: .json or .npz"),
              fmt: str = format_option(),
+             input_shape: Optional[str] = input_shape_option(),
              ) -> None:
     """Will networks of ARCH trained like this match the kernel's prediction, and if not, why?"""
     from ntkprior.dynamics.diagnose import diagnose as run_diagnosis
-    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file)
+    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file, input_shape)
     d = run_diagnosis(architecture, x, y, x if x_test is None else x_test, steps, learning_rate, width=width,
                       seed=seed, ensemble=ensemble, progress=fmt == "text")
     payload = {"learning_rate": d.learning_rate, "steps": d.steps, "width": d.width, **d.summary()}

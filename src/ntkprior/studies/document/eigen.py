@@ -19,7 +19,7 @@ def eigen_study(panels: dict, x: torch.Tensor, coordinate: np.ndarray, coordinat
     round-off level n·ε·λ₁ marks the eigenvalues that are noise.
     """
     progress = progress or silent()
-    one_d = x.shape[1] == 1
+    one_d = x.ndim == 2 and x.shape[1] == 1
     order = np.argsort(coordinate, kind="stable")
     res, drawn = {"n": int(x.shape[0]), "coordinate": coordinate_label, "one_d": one_d, "kernels": {}}, {}
     for title, (arch, kernel) in panels.items():

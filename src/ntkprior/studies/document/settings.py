@@ -113,7 +113,7 @@ class Data:
         a = np.asarray(x, dtype=float)
         if self.direction is None:
             return a.reshape(-1)
-        return (a - self.centre) @ self.direction
+        return (a.reshape(len(a), -1) - self.centre) @ self.direction
 
     def label_range(self, mean: float, std: float) -> tuple[float, float]:
         if self.fixed_label_range is not None:
@@ -151,13 +151,13 @@ def user_data(x_train, y_train, x_test, candidates, sizes: Sizes) -> Data:
         named = {str(k): as_labels(v, test.shape[0], f"candidates[{k!r}]")[:, 0] for k, v in candidates.items()}
         if not named:
             raise ValueError("candidates: is empty; pass at least one labeling of the test inputs")
-    if x.shape[1] == 1:
+    if x.ndim == 2 and x.shape[1] == 1:
         both = x if test is None else torch.cat([x, test])
         low, high = float(both.min()), float(both.max())
         pad = 0.15 * (high - low) if high > low else 1.0
         return Data(x, y[:, 0], datasets.interval_grid(sizes.plot_points, low - pad, high + pad), test, named)
     from sklearn.decomposition import PCA
-    pca = PCA(1).fit(x.numpy())
+    pca = PCA(1).fit(x.reshape(len(x), -1).numpy())   # signals and images: their flattened values
     plot = test if test is not None else x
     return Data(x, y[:, 0], plot, test, named, coordinate_label="principal coordinate of the input",
                  direction=pca.components_[0], centre=pca.mean_)
@@ -166,10 +166,10 @@ def user_data(x_train, y_train, x_test, candidates, sizes: Sizes) -> Data:
 def user_widths(arch, widths, sizes: Sizes) -> tuple[tuple, tuple]:
     """(widths trained and diagnosed, widths swept): the user's, or the architecture's own and the
     default sweep."""
-    if len(arch.dense_layers) < 2:
+    if arch.hidden_width is None:
         raise ValueError(f"arch: {arch} has no hidden Dense layer; the report trains networks of several "
                          "widths, so it needs at least one hidden layer, e.g. dense(512) relu dense(1)")
     if widths is None:
-        return (arch.dense_layers[0].out_features,), sizes.sweep_widths
+        return (arch.hidden_width,), sizes.sweep_widths
     widths = tuple(int(w) for w in widths)
     return widths, widths if len(widths) > 1 else sizes.sweep_widths
