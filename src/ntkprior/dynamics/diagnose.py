@@ -368,7 +368,10 @@ def _diverged_note(f: dict) -> str:
 
 
 def _input_name(x_test: torch.Tensor, j: int) -> str:
-    """A test input as a reader can find it: its value (up to three coordinates), not an index alone."""
+    """A test input as a reader can find it: a vector by its value (up to three coordinates), a
+    signal or an image by its number."""
+    if x_test.ndim > 2:
+        return f"at test input {j + 1} of {x_test.shape[0]}"
     x = x_test[j].tolist()
     if len(x) == 1:
         return f"at x = {x[0]:.4g}"
