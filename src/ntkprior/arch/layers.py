@@ -505,8 +505,8 @@ class Serial:
         ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
         starts = range(0, n1, rows)
         if progress:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="kernel rows", unit="block")
+            from ntkprior.progress import progress_bar
+            starts = progress_bar(starts, desc="kernel rows", unit="block")
         for r0 in starts:
             r1 = min(r0 + rows, n1)
             c0 = r0 if symmetric else 0  # symmetric: the upper triangle only, mirrored below

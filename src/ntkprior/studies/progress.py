@@ -10,20 +10,22 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+from ntkprior.progress import in_terminal, progress_bar
+
 
 class Progress:
     """A tqdm bar of ``total`` steps (shown only when ``enabled``) and the warnings of each step."""
 
     def __init__(self, total: int = 0, *, enabled: bool = False, description: str = "ntkprior"):
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=total, desc=description, unit="task", disable=not enabled,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+        self.bar = progress_bar(total=total, desc=description, unit="task", enabled=enabled,
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]{postfix}")
+        self.redraw = in_terminal()
         self.warnings: list[str] = []
 
     @contextlib.contextmanager
     def task(self, description: str):
         """One step: shown on the bar; its warnings are recorded, not printed."""
-        self.bar.set_postfix_str(description, refresh=True)
+        self.bar.set_postfix_str(description, refresh=self.redraw)     # a log gets lines, not redraws
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
