@@ -955,6 +955,24 @@ def build_report(out="ntkprior-report", *, seed: int = 0, quick: bool = False, p
     trained and swept; default the architecture's own width and a sweep over 32-512) apply to the
     user's data only. ``quick`` shrinks every study to a smoke test; ``progress`` shows a tqdm bar.
     """
+    from ntkprior.files import atomic_directory, check_output_directory
+    final = check_output_directory(out, "out", is_report_directory, "an ntkprior report")
+    with atomic_directory(final, "out") as staging:    # an interrupted run never mixes two reports
+        written = _write_report(staging, seed=seed, quick=quick, progress=progress, arch=arch, x_train=x_train,
+                                y_train=y_train, x_test=x_test, candidates=candidates,
+                                learning_rate=learning_rate, steps=steps, widths=widths)
+    return replace(written, index=final / written.index.name, results_path=final / written.results_path.name,
+                   figures=[final / p.relative_to(staging) for p in written.figures])
+
+
+def is_report_directory(path: Path) -> bool:
+    """Whether ``path`` holds only what :func:`build_report` writes (so a new report may replace it)."""
+    names = {entry.name for entry in path.iterdir()}
+    return "results.json" in names and names <= {"index.html", "results.json", "figures"}
+
+
+def _write_report(out: Path, *, seed, quick, progress, arch, x_train, y_train, x_test, candidates,
+                  learning_rate, steps, widths) -> ReportOutput:
     start = time.perf_counter()
     sizes = QUICK if quick else FULL
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -966,8 +984,6 @@ def build_report(out="ntkprior-report", *, seed: int = 0, quick: bool = False, p
     if not user and any(v is not None for v in (x_test, candidates, learning_rate, steps, widths)):
         raise ValueError("x_test, candidates, learning_rate, steps, widths: only apply to a report on your "
                          "data; pass arch, x_train and y_train too")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if user:
         arch = load_arch(arch) if isinstance(arch, str) else arch
         data = _user_data(x_train, y_train, x_test, candidates, sizes)

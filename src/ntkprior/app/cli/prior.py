@@ -58,7 +58,9 @@ def eigen(arch: str = arch_option(),
         fig = plots.eigenmode_overview({title if len(title) <= 60 else title[:57] + "...": {
             "x": coordinate, "values": modes.values, "vectors": modes.vectors, "sign_changes": changes}},
             xlabel=label)
-        fig.savefig(figure, dpi=110)
+        from ntkprior.files import atomic_file
+        with atomic_file(figure, "--figure") as tmp:
+            fig.savefig(tmp, dpi=110)
     text = "\n".join([f"{kernel.upper()} of {architecture} on {len(inputs)} inputs: top {len(modes)} eigenpairs",
                       "mode  eigenvalue" + ("  sign changes" if one_d else "")]
                      + [f"{r[0]:>4}  {r[1]:>10}" + (f"  {r[2]:>12}" if one_d else "") for r in rows])

@@ -16,7 +16,7 @@ from ntkprior.app.cli.base import (ARCH_HELP, CANDIDATES_HELP, SMALL, TRAIN_HELP
                              "ntkprior report --quick --out /tmp/smoke",
                              f"ntkprior report --arch {SMALL} --train train.csv --test test.csv "
                              "--candidates cands.csv --out my-report"))
-@fails_cleanly
+@fails_cleanly(directories=("out",))
 def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="directory for index.html, "
                                     "figures/ and results.json"),
            seed: int = typer.Option(0, "--seed", help="seed of the data and of the trained networks"),
