@@ -38,7 +38,9 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
     With no data it runs the seed document's analysis on built-in data (about a minute on 2 cores);
     with --arch and --train it runs the same sections on your data. See docs/report.md.
     """
-    from ntkprior.app.report import build_report
+    from ntkprior.app.report import build_report, is_report_directory
+    from ntkprior.files import check_output_directory
+    check_output_directory(out, "--out", is_report_directory, "an ntkprior report")
     user = {}
     if arch is not None or train_file is not None:
         if arch is None or train_file is None:
