@@ -118,13 +118,3 @@ def test_kernel_out_writes_exactly_the_name_printed(runner, d):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["out"] == f"{d}/K.npz" and (d / "K.npz").is_file()
     assert not [p for p in d.iterdir() if p.name.startswith(".ntkprior-tmp")]     # no temporary left
-
-
-def test_yaml_layer_arguments_are_used(runner, d):
-    (d / "a.yaml").write_text("- dense: 16\n- leaky_relu: 0.2\n- dense: {out_features: 1}\n")
-    (d / "b.yaml").write_text("- dense: 16\n- tanh: 200\n- dense: [1]\n")
-    assert str(ntp.load_arch(str(d / "a.yaml"))) == "dense(16) leaky_relu(0.2) dense(1)"
-    assert ntp.load_arch(str(d / "b.yaml")).layers[1].degree == 200
-    (d / "c.yaml").write_text("- relu: 3\n")
-    with pytest.raises(ValueError, match="bad arguments for relu"):
-        ntp.load_arch(str(d / "c.yaml"))

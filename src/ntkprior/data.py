@@ -220,10 +220,14 @@ def check_npz_headers(p: Path, name: str) -> None:
             if not info.filename.endswith(".npy"):
                 continue
             where = f"{info.filename!r} in {str(p)!r}"
-            with archive.open(info) as f:
-                claim = _claimed_array(f, name, where)
-                if claim is not None and not claim[1].hasobject:
-                    _check_claim(name, where, *claim, info.file_size - f.tell())
+            try:
+                with archive.open(info) as f:
+                    claim = _claimed_array(f, name, where)
+                    offset = f.tell()
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise ValueError(f"{name}: {where} is damaged ({exc}); write the file again") from None
+            if claim is not None and not claim[1].hasobject:
+                _check_claim(name, where, *claim, info.file_size - offset)
 
 
 def _load_csv(p: Path, name: str) -> np.ndarray:
