@@ -38,6 +38,7 @@ def d(tmp_path, rng):
         npy.write_array_header_1_0(f, {"shape": (2**20, 2**20 - 2**17), "fortran_order": False,
                                        "descr": "<f8"})
         f.write(b"\0" * 72)
+    np.save(tmp_path / "tall.npy", np.zeros((2_000_000, 1)))     # 16 MB in, a 64 TB kernel out
     return tmp_path
 
 
@@ -62,6 +63,8 @@ CASES = {
     "input is a directory": (["kernel", "--arch", SPEC, "--x1", "{d}/a_dir"], "--x1"),
     "input missing": (["kernel", "--arch", SPEC, "--x1", "{d}/missing.npy"], "--x1"),
     "npy header claims 7 TiB": (["kernel", "--arch", SPEC, "--x1", "{d}/huge.npy"], "--x1"),
+    "kernel larger than memory": (["kernel", "--arch", SPEC, "--x1", "{d}/tall.npy", "--out", "{d}/K.npz"],
+                                  "--store"),
     "yaml is a directory": (["kernel", "--arch", "{d}/dir.yaml", "--x1", "{d}/x.npy"], "arch"),
     "yaml not utf-8": (["kernel", "--arch", "{d}/latin1.yaml", "--x1", "{d}/x.npy"], "UTF-8"),
     "absurd repetition": (["kernel", "--arch", "[dense(8) relu]*100000000 dense(1)", "--x1", "{d}/x.npy"],

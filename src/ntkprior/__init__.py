@@ -26,6 +26,7 @@ from ntkprior.prior.sources import KernelBlocks
 from ntkprior.arch.spec import SpecError, load_arch, parse_spec
 from ntkprior.prior.spectrum import Eigenmodes, count_sign_changes, eigenmodes
 from ntkprior.dynamics.training import TrainResult, WidthSweep, train, width_sweep
+from ntkprior.prior.linalg import DuplicateInputsWarning
 
 __version__ = "0.1.0"
 
@@ -53,4 +54,5 @@ __all__ = [
     "interval_grid", "linearized_dynamics", "load_arch", "load_array", "max_stable_learning_rate",
     "parse_spec", "predict", "rank_candidates", "seed_sin_data", "serial", "train", "walsh",
     "width_sweep",
+    "DuplicateInputsWarning",
 ]

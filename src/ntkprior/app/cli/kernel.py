@@ -34,6 +34,7 @@ def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
            ) -> None:
     """Exact infinite-width NNGP and NTK of ARCH between x1 and x2, written to an .npz (or a zarr store)."""
     from ntkprior.arch.spec import load_arch
+    from ntkprior.data import check_allocation
     from ntkprior.files import atomic_file, check_output_file
     if store is None:
         check_output_file(out, "--out", (".npz",))   # write what is printed: never K.json.npz
@@ -49,6 +50,10 @@ def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
         typer.echo(json.dumps({"store": str(store), "kind": kind, "shape": list(stored.shape),
                                "arch": str(architecture)}))
         return
+    n2 = len(a1 if a2 is None else a2)
+    check_allocation(2 * 8 * len(a1) * (1 if diagonal else n2), "--x1",
+                     f"the {len(a1)} x {1 if diagonal else n2} NNGP and NTK matrices",
+                     "pass --diagonal for K(x, x) only, or --store K.zarr to compute them out of core")
     k = architecture.kernel(a1, a2, diagonal=diagonal, max_memory=max_memory)
     with atomic_file(out) as tmp:
         np.savez(tmp, nngp=k.nngp.numpy(), ntk=k.ntk.numpy(), x1_shape=np.array(a1.shape),
