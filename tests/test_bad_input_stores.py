@@ -35,9 +35,11 @@ SPEC = "[dense(64, weight_std=1.5, bias_std=0.05) relu]*2 dense(1)"
 
 @pytest.fixture(scope="module")
 def client():
+    import dask
     from dask.distributed import Client
-    with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
-        yield c
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):   # a task that kills 2 workers is bad
+        with local_cluster(2, dashboard_address=":0") as cluster, Client(cluster) as c:
+            yield c
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +241,35 @@ def test_a_stalled_run_ends_with_an_error_and_resumes(client, arch, x, reference
     assert torch.equal(kernel_matrix(stalling, x, store=store, block=BLOCK, client=client).load(), reference)
     with pytest.raises(ValueError, match="stall_timeout"):
         kernel_matrix(arch, x, store=store, block=BLOCK, client=client, stall_timeout=0)
+
+
+class _Crashing:
+    """The architecture, but the worker computing tile (0, 1) dies (os._exit) while ``armed`` exists."""
+
+    def __init__(self, arch, x, armed):
+        self.arch, self.key, self.armed = arch, (float(x[0, 0]), float(x[BLOCK, 0])), armed
+
+    def __str__(self):
+        return str(self.arch)
+
+    def kernel(self, x1, x2=None, **options):
+        if x2 is not None and (float(x1[0, 0]), float(x2[0, 0])) == self.key and os.path.exists(self.armed):
+            os._exit(1)
+        return self.arch.kernel(x1, x2, **options)
+
+
+def test_a_task_that_keeps_killing_workers_ends_with_an_error_and_resumes(client, arch, x, reference, tmp_path):
+    armed = tmp_path / "armed"
+    armed.touch()
+    crashing = _Crashing(arch, x, str(armed))
+    store = tmp_path / "K.zarr"
+    # Dask gives up on the task (KilledWorker), or cancels it when both workers died holding its inputs
+    with pytest.raises(RuntimeError, match=r"(block \(\d, \d\) failed: KilledWorker|cancelled block tasks \(.*lost "
+                                           r"dependencies).*of 6 blocks are stored.*again"):
+        kernel_matrix(crashing, x, store=store, block=BLOCK, client=client, stall_timeout=120)
+    armed.unlink()
+    client.wait_for_workers(2, timeout=60)
+    assert torch.equal(kernel_matrix(crashing, x, store=store, block=BLOCK, client=client).load(), reference)
 
 
 def test_an_unreachable_scheduler_is_a_value_error(arch, x, tmp_path):

@@ -26,7 +26,7 @@ import hashlib
 import os
 import pickle
 import types
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ WORKER_MALLOC_THRESHOLD = 1 << 30
 #: Seconds without a finished tile after which kernel_matrix gives up (the store stays resumable).
 STALL_TIMEOUT = 600.0
 #: Seconds to wait for a scheduler address to answer.
-CONNECT_TIMEOUT = 10
+CONNECT_TIMEOUT = 5
 
 
 class TileSource:
@@ -360,23 +360,38 @@ def _open_or_create(location: str, source, x1, x2, block: int, overwrite: bool):
 def _existing_metadata(location: str) -> dict | None:
     """The ntkprior metadata of the store at ``location``; None where there is nothing (or an empty
     directory). Anything else there is refused: it is the user's data, never overwritten."""
-    zarr = require("zarr")
-    local = "://" not in location
-    if local and not os.path.exists(location):
+    if "://" in location:
+        return _existing_remote_metadata(location)
+    if not os.path.exists(location):
         return None
-    if local and not os.path.isdir(location):
+    if not os.path.isdir(location):
         raise ValueError(f"store: {location!r} is a file, not an ntkprior kernel store; pass a new path")
-    if local and not os.listdir(location):
+    if not os.listdir(location):
         return None
     try:
-        attrs = dict(zarr.open_group(location, mode="r").attrs)
-    except (FileNotFoundError, KeyError, ValueError, TypeError):
-        attrs = None if local else {}
-    if attrs is not None and ATTRS_KEY in attrs:
-        return dict(attrs[ATTRS_KEY])
-    if attrs == {} and not local and not list(zarr.open_group(location, mode="r").keys()):
+        attrs = require("zarr").open_group(location, mode="r").attrs
+    except (FileNotFoundError, KeyError, ValueError, TypeError):   # no zarr metadata: a plain directory
+        attrs = {}
+    if ATTRS_KEY not in attrs:
+        raise _other_data(location)
+    return dict(attrs[ATTRS_KEY])
+
+
+def _existing_remote_metadata(location: str) -> dict | None:
+    """As :func:`_existing_metadata`, for a URL (no directories to look at: the zarr group itself)."""
+    try:
+        group = require("zarr").open_group(location, mode="r")
+    except FileNotFoundError:
         return None
-    raise ValueError(f"store: {location!r} holds other data, not an ntkprior kernel store; pass a new path")
+    if ATTRS_KEY in group.attrs:
+        return dict(group.attrs[ATTRS_KEY])
+    if list(group.keys()) or dict(group.attrs):
+        raise _other_data(location)
+    return None
+
+
+def _other_data(location: str) -> ValueError:
+    return ValueError(f"store: {location!r} holds other data, not an ntkprior kernel store; pass a new path")
 
 
 def _remove_store(location: str) -> None:
@@ -471,6 +486,10 @@ def _run(client, source, x1, x2, location, block, todo, progress, torch_threads,
                 raise RuntimeError(f"kernel_matrix: no block finished for {stall_timeout:g} s "
                                    f"({len(pending)} still to do; a lost worker, or a task whose inputs "
                                    f"never reached its worker); {_resume_hint(location, total)}") from None
+            except CancelledError as exc:   # e.g. "lost dependencies": the workers holding the inputs died
+                reason = " ".join(str(exc).split())
+                raise RuntimeError(f"kernel_matrix: the scheduler cancelled block tasks ({reason}); "
+                                   f"{_resume_hint(location, total)}") from None
             for future in finished:
                 if future.status != "finished":
                     i, j = tile_of[future.key]
