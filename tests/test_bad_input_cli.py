@@ -121,3 +121,17 @@ def test_kernel_out_writes_exactly_the_name_printed(runner, d):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["out"] == f"{d}/K.npz" and (d / "K.npz").is_file()
     assert not [p for p in d.iterdir() if p.name.startswith(".ntkprior-tmp")]     # no temporary left
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: "
+                                                               "you tried to allocate 25600000000 bytes")])
+def test_an_impossible_allocation_met_later_is_one_line(runner, d, monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ntp.Serial, "kernel", fail)
+    result = runner.invoke(app, ["kernel", "--arch", SPEC, "--x1", f"{d}/x.npy", "--out", f"{d}/K.npz"])
+    assert "not enough memory" in contract(result, "--store")
+    monkeypatch.setattr(ntp.Serial, "kernel", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    result = runner.invoke(app, ["kernel", "--arch", SPEC, "--x1", f"{d}/x.npy", "--out", f"{d}/K.npz"])
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)   # bugs are not hidden

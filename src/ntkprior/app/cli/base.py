@@ -62,15 +62,11 @@ def fails_cleanly(fn=None, *, directories: tuple[str, ...] = ()):
             except (ValueError, OSError) as exc:
                 typer.echo(f"error: {_one_line(exc)}", err=True)
                 raise typer.Exit(2) from None
-            except MemoryError as exc:
-                typer.echo(f"error: not enough memory ({_one_line(exc) or 'MemoryError'}); use smaller "
-                           "inputs or a smaller --max-memory, or compute out of core with --store", err=True)
-                raise typer.Exit(2) from None
-            except RuntimeError as exc:
-                if "alloc" not in str(exc).lower():
+            except (MemoryError, RuntimeError) as exc:   # torch's allocator raises RuntimeError
+                if isinstance(exc, RuntimeError) and "alloc" not in str(exc).lower():
                     raise
-                typer.echo(f"error: not enough memory ({_one_line(exc)}); use smaller inputs, or compute "
-                           "out of core with --store", err=True)
+                typer.echo(f"error: not enough memory ({_one_line(exc) or type(exc).__name__}); use smaller "
+                           "inputs, or compute kernels out of core (ntkprior kernel --store)", err=True)
                 raise typer.Exit(2) from None
             finally:
                 for message in dict.fromkeys(str(w.message) for w in caught):
