@@ -58,11 +58,13 @@ class Misbehaving:
 
     A tile is named by the first entries of its row and column inputs (None: a diagonal tile).
     ``mode``: "raise" on the named tiles; "only" raise on every other tile; "exit" kill the
-    worker process on the named tiles, once (a marker file remembers).
+    worker process on the named tiles, once (a marker file remembers). ``armed``: a path; it
+    misbehaves only while that file exists (so that the same object, identified by its content,
+    can fail and then resume its own store).
     """
 
-    def __init__(self, arch, x, tiles, mode, marker=None):
-        self.arch, self.mode, self.marker = arch, mode, marker
+    def __init__(self, arch, x, tiles, mode, marker=None, armed=None):
+        self.arch, self.mode, self.marker, self.armed = arch, mode, marker, armed
         self.keys = {(float(x[i * BLOCK, 0]), None if i == j else float(x[j * BLOCK, 0])) for i, j in tiles}
 
     def __str__(self):
@@ -72,6 +74,8 @@ class Misbehaving:
         if len(x1) == 2:    # the probe kernel_matrix runs in the calling process before starting
             return self.arch.kernel(x1, x2, **options)
         named = (float(x1[0, 0]), None if x2 is None else float(x2[0, 0])) in self.keys
+        if self.armed is not None and not os.path.exists(self.armed):
+            return self.arch.kernel(x1, x2, **options)
         if self.mode == "exit" and named and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os._exit(1)
@@ -151,9 +155,11 @@ def test_default_client_starts_and_closes_a_local_cluster(arch, x, tmp_path, mon
 # --- interruption and resumption ------------------------------------------------------------------
 
 def test_failed_run_resumes_to_the_identical_matrix(client, arch, x, reference, tmp_path):
-    store = tmp_path / "K.zarr"
+    store, armed = tmp_path / "K.zarr", tmp_path / "armed"
+    armed.touch()
+    failing = Misbehaving(arch, x, [(1, 2)], "raise", armed=str(armed))
     with pytest.raises(RuntimeError, match=r"block \(1, 2\) failed.*call kernel_matrix again"):
-        kernel_matrix(Misbehaving(arch, x, [(1, 2)], "raise"), x, store=store, block=BLOCK, client=client)
+        kernel_matrix(failing, x, store=store, block=BLOCK, client=client)
     group = zarr.open_group(str(store), mode="r")
     done = group["done"][...]
     assert not done[1, 2]
@@ -162,7 +168,12 @@ def test_failed_run_resumes_to_the_identical_matrix(client, arch, x, reference, 
             assert np.array_equal(tile(group["kernel"][...], i, j), tile(reference.numpy(), i, j))
     with pytest.raises(ValueError, match="holds only .* blocks"):
         StoredKernel(store)
-    assert torch.equal(kernel_matrix(arch, x, store=store, block=BLOCK, client=client).load(), reference)
+    # the same spec string, another object: not the same kernel source, so not resumed
+    with pytest.raises(ValueError, match="different arguments.*architecture"):
+        kernel_matrix(arch, x, store=store, block=BLOCK, client=client)
+    armed.unlink()                                    # the failure was transient: the same source resumes
+    again = Misbehaving(arch, x, [(1, 2)], "raise", armed=str(armed))
+    assert torch.equal(kernel_matrix(again, x, store=store, block=BLOCK, client=client).load(), reference)
 
 
 def test_killed_worker_does_not_lose_the_run(client, arch, x, reference, tmp_path):
@@ -174,14 +185,16 @@ def test_killed_worker_does_not_lose_the_run(client, arch, x, reference, tmp_pat
 
 
 def test_written_but_unmarked_block_is_recomputed(client, arch, x, reference, tmp_path):
-    store = tmp_path / "K.zarr"
-    kernel_matrix(arch, x, store=store, block=BLOCK, client=client)
+    store, armed = tmp_path / "K.zarr", tmp_path / "armed"
+    only = Misbehaving(arch, x, [(0, 1)], "only", armed=str(armed))
+    kernel_matrix(only, x, store=store, block=BLOCK, client=client)      # not armed yet: computes all
     group = zarr.open_group(str(store), mode="r+")
     # an interrupted write: half the tile garbage, the flag not (or no longer) set
     group["kernel"][0:BLOCK // 2, BLOCK:2 * BLOCK] = 0.0
     group["done"][0, 1] = 0
     # resuming may compute tile (0, 1) and nothing else
-    stored = kernel_matrix(Misbehaving(arch, x, [(0, 1)], "only"), x, store=store, block=BLOCK, client=client)
+    armed.touch()
+    stored = kernel_matrix(only, x, store=store, block=BLOCK, client=client)
     assert torch.equal(stored.load(), reference)
 
 

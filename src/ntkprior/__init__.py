@@ -25,7 +25,7 @@ _PUBLIC = {
     "ntkprior.kernels.empirical": ["empirical_ntk", "empirical_ntk_vp"],
     "ntkprior.arch.layers": ["Abs", "Dense", "DenseModule", "Elementwise", "Erf", "Gelu", "Identity", "Kernels",
                              "LeakyReLU", "ReLU", "Serial", "SiLU", "Sigmoid", "Sin", "Softplus", "Tanh", "serial"],
-    "ntkprior.prior.linalg": ["IllConditionedWarning", "JitterWarning", "SymmetricPSD"],
+    "ntkprior.prior.linalg": ["DuplicateInputsWarning", "IllConditionedWarning", "JitterWarning", "SymmetricPSD"],
     "ntkprior.prior.prior": ["CandidateRanking", "CandidateScore", "KernelPrior", "LearningRateWarning", "ModeTable",
                              "Posterior", "predict", "rank_candidates"],
     "ntkprior.prior.sources": ["KernelBlocks"],

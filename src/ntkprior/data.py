@@ -8,6 +8,7 @@ lists, file paths) with the helpers here, so that bad input fails early with a
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -128,14 +129,15 @@ def load_array(path, name: str = "input file", *, key: str | None = None) -> np.
 
     CSV files may have a header row (detected when the first row is not numeric).
     """
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{name}: file {str(p)!r} does not exist")
+    from ntkprior.files import check_input_file
+    p = check_input_file(path, name)
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
+            check_npy_header(p, name)
             return np.load(p, allow_pickle=False)
         if suffix == ".npz":
+            check_npz_headers(p, name)
             with np.load(p, allow_pickle=False) as z:
                 keys = list(z.keys())
                 if not keys:
@@ -153,6 +155,83 @@ def load_array(path, name: str = "input file", *, key: str | None = None) -> np.
         raise ValueError(f"{name}: could not read {str(p)!r}: {exc}") from None
     raise ValueError(f"{name}: unsupported file type {suffix!r} for {str(p)!r}; "
                      "use .npy, .npz or .csv")
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory on this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_allocation(nbytes: int, name: str, what: str, fix: str) -> None:
+    """Refuse, before allocating, ``nbytes`` for ``what`` when they exceed the machine's physical memory."""
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise ValueError(f"{name}: {what} would need {_bytes(nbytes)}, more than this machine's "
+                         f"{_bytes(total)} of memory; {fix}")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
+
+
+def _claimed_array(f, name: str, where: str) -> tuple[tuple, np.dtype, int] | None:
+    """(shape, dtype, data bytes) that an .npy header claims, read from the open file ``f``
+    (None for a format version without a public reader: numpy checks it itself)."""
+    from numpy.lib import format as npy
+    try:
+        version = npy.read_magic(f)
+        reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if reader is None:
+            return None
+        shape, _, dtype = reader(f)
+    except (ValueError, OSError, SyntaxError, EOFError) as exc:
+        raise ValueError(f"{name}: {where} is not a valid .npy array ({exc})") from None
+    return shape, dtype, math.prod(shape) * dtype.itemsize
+
+
+def _check_claim(name: str, where: str, shape, dtype, claimed: int, available: int) -> None:
+    if claimed > available:
+        raise ValueError(f"{name}: the header of {where} claims an array of shape {shape} ({dtype}, "
+                         f"{_bytes(claimed)}) but the file holds only {_bytes(available)} of data; it is "
+                         "truncated or damaged: write it again")
+    check_allocation(claimed, name, f"the array of shape {shape} in {where}", "pass a smaller array")
+
+
+def check_npy_header(p: Path, name: str) -> None:
+    """An .npy file's header must agree with its size (and fit in memory) before numpy allocates."""
+    with open(p, "rb") as f:
+        claim = _claimed_array(f, name, repr(str(p)))
+        if claim is not None and not claim[1].hasobject:   # np.load refuses object arrays itself
+            _check_claim(name, repr(str(p)), *claim, os.fstat(f.fileno()).st_size - f.tell())
+
+
+def check_npz_headers(p: Path, name: str) -> None:
+    """Each array of an .npz must agree with its stored size (and fit in memory) before numpy allocates."""
+    import zipfile
+    try:
+        archive = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{name}: {str(p)!r} is not a valid .npz file ({exc})") from None
+    with archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            where = f"{info.filename!r} in {str(p)!r}"
+            try:
+                with archive.open(info) as f:
+                    claim = _claimed_array(f, name, where)
+                    offset = f.tell()
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise ValueError(f"{name}: {where} is damaged ({exc}); write the file again") from None
+            if claim is not None and not claim[1].hasobject:
+                _check_claim(name, where, *claim, info.file_size - offset)
 
 
 def _load_csv(p: Path, name: str) -> np.ndarray:
@@ -210,9 +289,8 @@ def load_labelled(path, name: str = "--train", *, labels: str = "required"
     """
     if labels not in ("required", "optional"):
         raise ValueError(f"labels: expected 'required' or 'optional', got {labels!r}")
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{name}: file {str(p)!r} does not exist")
+    from ntkprior.files import check_input_file
+    p = check_input_file(path, name)
     suffix = p.suffix.lower()
     if suffix == ".npz":
         x = load_array(p, name, key="x")
@@ -261,9 +339,8 @@ def load_candidates(path, n_test: int, name: str = "--candidates") -> dict[str, 
     """
     import json
 
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{name}: file {str(p)!r} does not exist")
+    from ntkprior.files import check_input_file
+    p = check_input_file(path, name)
     suffix = p.suffix.lower()
     if suffix in (".csv", ".txt"):
         table = load_array(p, name)

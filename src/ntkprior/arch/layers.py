@@ -22,9 +22,11 @@ from torch import nn
 
 from ntkprior import kernels as km
 from ntkprior.kernels import spatial
-from ntkprior.data import DEFAULT_DTYPE, Summarized, as_inputs, check_same_features, parse_memory
+from ntkprior.data import DEFAULT_DTYPE, Summarized, as_inputs, check_allocation, check_same_features, parse_memory
 
 PARAMETERIZATIONS = ("ntk", "standard")
+#: Largest layer width and quadrature degree accepted (sizes beyond them are typing errors).
+MAX_WIDTH, MAX_DEGREE = 10**9, 1000
 
 
 def _check_std(value, name: str, layer: str, allow_none: bool = False) -> float | None:
@@ -137,8 +139,9 @@ class Dense(Layer):
 
     def __init__(self, out_features: int, weight_std: float = 1.0, bias_std: float | None = 0.0,
                  parameterization: str = "ntk"):
-        if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
-            raise ValueError(f"Dense: out_features must be a positive integer, got {out_features!r}")
+        if isinstance(out_features, bool) or not isinstance(out_features, int) or not 1 <= out_features <= MAX_WIDTH:
+            raise ValueError(f"Dense: out_features must be a positive integer (at most {MAX_WIDTH:.0e}), "
+                             f"got {out_features!r}")
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"Dense: parameterization must be one of {PARAMETERIZATIONS}, "
                              f"got {parameterization!r}")
@@ -162,6 +165,8 @@ class Dense(Layer):
         return self.with_out_features(width)
 
     def module(self, in_width, generator, dtype):
+        check_allocation(in_width * self.out_features * torch.empty((), dtype=dtype).element_size(), "Dense",
+                         f"the {self.out_features} x {in_width} weight matrix", "use a smaller width")
         return DenseModule(in_width, self.out_features, self.weight_std, self.bias_std,
                            self.parameterization, generator, dtype)
 
@@ -311,8 +316,8 @@ class Elementwise(Activation):
                  degree: int = 60, name: str | None = None):
         if not callable(fn):
             raise ValueError(f"Elementwise: fn must be a callable tensor -> tensor, got {fn!r}")
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 2:
-            raise ValueError(f"Elementwise: degree must be an integer >= 2, got {degree!r}")
+        if isinstance(degree, bool) or not isinstance(degree, int) or not 2 <= degree <= MAX_DEGREE:
+            raise ValueError(f"Elementwise: degree must be an integer from 2 to {MAX_DEGREE}, got {degree!r}")
         probe = torch.linspace(-2.0, 2.0, 5, dtype=DEFAULT_DTYPE)
         try:
             out = fn(probe)

@@ -54,6 +54,10 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 
+#: Most layers a spec may expand to (``[dense(8) relu]*100000000`` is refused before it is built).
+MAX_LAYERS = 10_000
+
+
 class SpecError(ValueError):
     """A spec that cannot be read; the message points at the offending token."""
 
@@ -81,7 +85,11 @@ def parse_spec(text: str) -> L.Serial:
             if stack[-1]["kind"] != "repeat":
                 raise _fail(text, pos, 1, "']' without a matching '['")
             block = stack.pop()["branches"][0]
-            stack[-1]["branches"][-1].extend(block * int(m.group("times")))
+            times, target = int(m.group("times")), stack[-1]["branches"][-1]
+            if len(target) + len(block) * times > MAX_LAYERS:
+                raise _fail(text, pos, m.end() - pos, f"the repetition makes {len(block) * times} layers, more "
+                            f"than the {MAX_LAYERS} a spec may hold; use fewer repetitions")
+            target.extend(block * times)
         elif m.group("group"):
             stack.append({"kind": "group", "branches": [[]], "pos": pos, "match": m})
         elif m.group("bar"):
@@ -180,9 +188,15 @@ def load_arch(spec) -> L.Serial:
 
 
 def _load_file(path: Path) -> L.Serial:
-    if not path.exists():
-        raise SpecError(f"arch: file {str(path)!r} does not exist")
-    text = path.read_text()
+    from ntkprior.files import check_input_file
+    try:
+        check_input_file(path, "arch")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"arch: {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "save the architecture file as UTF-8") from None
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     try:
         if path.suffix.lower() == ".json":
             doc = json.loads(text)
@@ -198,6 +212,9 @@ def _load_file(path: Path) -> L.Serial:
     if not isinstance(doc, list):
         raise SpecError(f"arch: {str(path)!r} must hold a spec string, a list of layers, "
                         "or a mapping with a 'layers' list")
+    if len(doc) > MAX_LAYERS:
+        raise SpecError(f"arch: {str(path)!r} lists {len(doc)} layers, more than the {MAX_LAYERS} an "
+                        "architecture may hold")
     return L.serial([_layer_from_entry(entry, i, path) for i, entry in enumerate(doc)])
 
 
@@ -214,13 +231,16 @@ def _layer_from_entry(entry, i: int, path: Path) -> L.Layer:
             name, kwargs = entry.pop("type"), entry
         elif len(entry) == 1:
             (name, kwargs), = entry.items()
-            kwargs = kwargs or {}
+            kwargs = {} if kwargs is None else kwargs
         else:
             raise SpecError(f"{where}: a mapping needs a 'type' key or a single layer name")
         name = _ALIASES.get(str(name).lower(), str(name).lower())
         if name not in LAYERS:
             raise SpecError(f"{where}: unknown layer {name!r} (known: {', '.join(sorted(LAYERS))})")
-        if not isinstance(kwargs, dict):
-            kwargs = {"out_features": kwargs} if name == "dense" else {}
-        return _construct(name, [], kwargs, lambda why: SpecError(f"{where}: {why}"))
+        args = []
+        if isinstance(kwargs, list):       # {leaky_relu: [0.2]}: positional arguments
+            args, kwargs = kwargs, {}
+        elif not isinstance(kwargs, dict):  # {leaky_relu: 0.2}, {tanh: 200}: the first argument
+            args, kwargs = [kwargs], {}
+        return _construct(name, args, kwargs, lambda why: SpecError(f"{where}: {why}"))
     raise SpecError(f"{where}: expected a string or a mapping, got {entry!r}")

@@ -34,7 +34,8 @@ import torch
 from ntkprior.data import check_finite, to_tensor
 
 __all__ = ["SymmetricPSD", "as_symmetric_psd", "is_stored_kernel", "check_symmetric", "finite_or_raise",
-           "fix_signs", "IllConditionedWarning", "JitterWarning", "PSD_RTOL", "COND_WARN"]
+           "fix_signs", "IllConditionedWarning", "JitterWarning", "PSD_RTOL", "COND_WARN",
+           "DuplicateInputsWarning", "DUPLICATE_RTOL"]
 
 #: Eigenvalues below ``-PSD_RTOL * lambda_max`` mean the matrix is not positive semi-definite.
 PSD_RTOL = 1e-8
@@ -52,6 +53,17 @@ class IllConditionedWarning(UserWarning):
 
 class JitterWarning(UserWarning):
     """``jitter="auto"`` added a multiple of the identity to a numerically singular matrix."""
+
+
+class DuplicateInputsWarning(IllConditionedWarning):
+    """Two rows of a kernel matrix are the same point (duplicated inputs): the matrix is singular."""
+
+
+#: Rows i, j whose kernel distance ``K_ii + K_jj - 2 K_ij`` is at most this times the mean diagonal are
+#: duplicates: the same point to round-off (an NTK entry carries ~1e-9 relative round-off, so exactly
+#: duplicated inputs land far below; distinct inputs 1e-4 apart in a ReLU network land above).
+DUPLICATE_RTOL = 1e-8
+_DUPLICATES_SHOWN = 5
 
 
 def symmetry_rtol(matrix) -> float:
@@ -257,6 +269,8 @@ class SymmetricPSD:
         self._chol: torch.Tensor | None = None
         self._eig: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warned_condition = False
+        self._warned_duplicates = False
+        self._duplicates: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- validation
     def _check_diagonal(self, m: torch.Tensor) -> None:
@@ -408,9 +422,62 @@ class SymmetricPSD:
         """``matrix @ v`` for v of shape (n,) or (n, k)."""
         return self.matrix @ self._as_rhs(v, "v")
 
+    def duplicate_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pairs (i < j) of rows that are the same point: ``K_ii + K_jj - 2 K_ij <= DUPLICATE_RTOL ·
+        mean diag`` (of the matrix without its ridge), as (pairs (p, 2), distances (p,)); O(n²) in
+        row blocks, computed once. ``K_ii + K_jj - 2 K_ij = ‖φ(x_i) - φ(x_j)‖²`` in feature space."""
+        if self._duplicates is None:
+            diag = self.matrix.diagonal() - self.diagonal_shift
+            threshold = DUPLICATE_RTOL * max(self.mean_diagonal, 0.0)
+            pairs, distances = [], []
+            for i, j in _row_blocks(self.n):
+                d = diag[i:j, None] + diag[None, :] - 2.0 * self.matrix[i:j]   # (only j > i used: no ridge)
+                hits = torch.nonzero(torch.triu(d <= threshold, diagonal=i + 1))
+                pairs.append(hits + torch.tensor([i, 0], device=hits.device))
+                distances.append(d[hits[:, 0], hits[:, 1]])
+            self._duplicates = (torch.cat(pairs), torch.cat(distances))
+        return self._duplicates
+
+    def _check_duplicates(self, rhs: torch.Tensor, name: str) -> None:
+        """Without a ridge, duplicated rows make the matrix singular: ``K a = b`` has a solution only
+        if b agrees at them. Raise where it does not (naming the rows), warn (once) where it does."""
+        if self.ridge > DUPLICATE_RTOL * self.mean_diagonal:
+            return
+        pairs, distances = self.duplicate_rows()
+        if not len(pairs):
+            return
+        flat = rhs.reshape(self.n, -1).cpu()
+        # rows that are the same point to distance d in feature space give right-hand sides (labels, or
+        # cross-kernel rows) that agree to about sqrt(d / mean diag) of their scale (Cauchy-Schwarz)
+        scale = float(flat.abs().max()) or 1.0
+        allowed = 10.0 * torch.sqrt(torch.clamp(distances, min=0.0) / max(self.mean_diagonal, 1e-300)
+                                    + np.finfo(np.float64).eps) * scale
+        gap = (flat[pairs[:, 0]] - flat[pairs[:, 1]]).abs().amax(dim=1)
+        conflict = torch.nonzero(gap > allowed.cpu())[:, 0]
+        shown = ", ".join(f"({int(a)}, {int(b)})" for a, b in pairs[:_DUPLICATES_SHOWN].tolist())
+        more = f" and {len(pairs) - _DUPLICATES_SHOWN} more" if len(pairs) > _DUPLICATES_SHOWN else ""
+        fix = ("deduplicate the inputs (one row per distinct input, with the mean of its labels) or add a "
+               "ridge (diag_reg, e.g. 1e-6: observation noise)")
+        if len(conflict):
+            k = int(conflict[0])
+            a, b = (int(v) for v in pairs[k])
+            raise ValueError(f"{name}: rows {a} and {b} of {self.name} are the same input (duplicated to "
+                             f"round-off), but the values there differ ({float(flat[a, 0]):.6g} vs "
+                             f"{float(flat[b, 0]):.6g}; {len(conflict)} such pair(s)): with a singular "
+                             f"{self.name} no function fits both; {fix}")
+        if not self._warned_duplicates:
+            self._warned_duplicates = True
+            warnings.warn(f"{self.name}: rows {shown}{more} are duplicated inputs, so the matrix is singular "
+                          f"and the result rests on round-off; {fix}", DuplicateInputsWarning,
+                          stacklevel=user_stacklevel())
+
     def solve(self, b) -> torch.Tensor:
-        """``matrix^{-1} b`` by a Cholesky solve (never an explicit inverse); b (n,) or (n, k)."""
+        """``matrix^{-1} b`` by a Cholesky solve (never an explicit inverse); b (n,) or (n, k).
+
+        Without a ridge, rows that are duplicated inputs are detected first (:meth:`duplicate_rows`):
+        ``b`` differing there raises a ``ValueError`` naming the rows; agreeing, a warning."""
         rhs = self._as_rhs(b, "b")
+        self._check_duplicates(rhs, "labels (right-hand side b)")
         flat, L = rhs.reshape(self.n, -1), self.cholesky()
         if L.device.type == "cpu":         # LAPACK potrs on the Fortran-ordered U = L^T: no copy
             x = torch.from_numpy(scipy.linalg.cho_solve((L.numpy().T, False), flat.numpy(),
@@ -424,8 +491,10 @@ class SymmetricPSD:
         return float(2.0 * torch.log(self.cholesky().diagonal()).sum())
 
     def whiten(self, b) -> torch.Tensor:
-        """``L^{-1} b`` (so that ``(L^{-1} b)^T (L^{-1} b) = b^T matrix^{-1} b``); b (n,) or (n, k)."""
+        """``L^{-1} b`` (so that ``(L^{-1} b)^T (L^{-1} b) = b^T matrix^{-1} b``); b (n,) or (n, k).
+        Duplicated rows are checked as in :meth:`solve`."""
         rhs = self._as_rhs(b, "b")
+        self._check_duplicates(rhs, "labels (right-hand side b)")
         flat, L = rhs.reshape(self.n, -1), self.cholesky()
         if L.device.type == "cpu":         # LAPACK trtrs on U^T, U = L^T Fortran-ordered: no copy
             z = torch.from_numpy(scipy.linalg.solve_triangular(L.numpy().T, flat.numpy(), trans="T",

@@ -21,17 +21,19 @@ Needs ``pip install "ntkprior[distributed]"`` (dask[distributed] and zarr).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
-import shutil
-from concurrent.futures import ThreadPoolExecutor
+import pickle
+import types
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from ntkprior.data import as_inputs, check_same_features
-from ntkprior.scale.stored import (ATTRS_KEY, DONE, FORMAT, KERNEL, StoredKernel, block_pairs, missing_blocks,
-                     require, spans, store_location)
+from ntkprior.scale.stored import (ATTRS_KEY, CHECKSUM, DONE, FORMAT, KERNEL, StoredKernel, block_pairs,
+                                   missing_blocks, require, spans, store_location, tile_checksum)
 
 #: glibc malloc thresholds for workers. Dask sets MALLOC_TRIM_THRESHOLD_=65536, which freezes
 #: glibc's dynamic mmap threshold and hands freed heap back at once, so every large torch
@@ -40,10 +42,26 @@ from ntkprior.scale.stored import (ATTRS_KEY, DONE, FORMAT, KERNEL, StoredKernel
 #: faults and 0.03 s instead of 5 faults and 0.02 s). Both at 1 GiB: temporaries come from the
 #: heap and freed memory is reused; a worker keeps up to its high-water mark (about 1 GB).
 WORKER_MALLOC_THRESHOLD = 1 << 30
+#: Seconds without a finished tile after which kernel_matrix gives up (the store stays resumable).
+STALL_TIMEOUT = 600.0
+#: Seconds to wait for a scheduler address to answer.
+CONNECT_TIMEOUT = 5
 
 
 class TileSource:
-    """What computes a tile: an architecture (``.kernel``) or a torch model (empirical NTK)."""
+    """What computes a tile: an architecture (``.kernel``) or a torch model (empirical NTK).
+
+    Picklable at every moment: it ships a snapshot of the object, pickled (with cloudpickle,
+    which carries lambdas and closures by value) when the source is made, never the live
+    object, so nothing attached to the object while it computes a tile (forward hooks holding
+    tensors with autograd history, caches, generators) can make a transfer to another worker
+    fail. Such a failure used to leave the task waiting forever (FACTS.md).
+
+    ``digest`` identifies the kernel beyond its printed ``spec``: the code and closures of the
+    functions inside (two ``Elementwise`` layers named alike but wrapping tanh and sin differ),
+    and a model's parameters. It is None for an object that cannot be identified; such a
+    store is never resumed.
+    """
 
     def __init__(self, arch_or_model, kind: str):
         if kind not in ("ntk", "nngp"):
@@ -54,19 +72,149 @@ class TileSource:
             if kind != "ntk":
                 raise ValueError("kind: a torch model has an empirical NTK only; pass kind='ntk', "
                                  "or an architecture for the NNGP")
-            digest = hashlib.sha256(repr(arch_or_model).encode())
-            for name, value in arch_or_model.state_dict().items():
-                digest.update(name.encode())
-                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
             self.spec = f"empirical ntk of {type(arch_or_model).__name__}: {arch_or_model!r}"
-            self.digest = digest.hexdigest()
         elif callable(getattr(arch_or_model, "kernel", None)):
             self.spec = str(arch_or_model)
-            self.digest = hashlib.sha256(self.spec.encode()).hexdigest()
         else:
             raise ValueError(f"arch_or_model: expected an architecture (such as ntkprior.serial(...)) or "
                              f"a torch.nn.Module, got {type(arch_or_model).__name__}")
-        self.obj = arch_or_model
+        self.digest = source_digest(arch_or_model)
+        self._payload = _snapshot(arch_or_model)
+        self._obj = arch_or_model
+
+    @property
+    def obj(self):
+        """The architecture or model: the caller's own object here, the snapshot's copy elsewhere."""
+        if self._obj is None:
+            self._obj = pickle.loads(self._payload)
+        return self._obj
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_obj": None}
+
+
+def _snapshot(obj) -> bytes:
+    """``obj`` pickled now (cloudpickle: lambdas and closures by value), before anything uses it."""
+    try:
+        import cloudpickle as pickler
+    except ImportError:         # without dask there are no workers to ship it to
+        pickler = pickle
+    try:
+        return pickler.dumps(obj)
+    except Exception as exc:
+        raise ValueError(f"arch_or_model: cannot be sent to the workers ({type(exc).__name__}: {exc}); "
+                         "define it with picklable parts (module-level functions, no open files)") from None
+
+
+class _Unidentifiable(Exception):
+    """A value inside a kernel source whose content cannot be recorded."""
+
+
+def source_digest(arch_or_model) -> str | None:
+    """A SHA-256 of what determines the kernel: the object's class, attributes, the code, constants,
+    defaults and closures of its functions, and tensors' values (a model: its submodules'
+    classes, forward code and attributes, its parameters and buffers). None when some part
+    cannot be identified (then a store of it is not resumed)."""
+    digest = hashlib.sha256()
+    try:
+        _feed(digest, arch_or_model, set(), 0)
+    except (_Unidentifiable, RecursionError):
+        return None
+    return digest.hexdigest()
+
+
+_MAX_DEPTH = 40
+
+
+def _feed(digest, value, seen: set, depth: int) -> None:
+    """Add ``value``'s identity to ``digest`` (see :func:`source_digest`)."""
+    if depth > _MAX_DEPTH:
+        raise _Unidentifiable("too deep")
+    put = digest.update
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
+        put(f"{type(value).__name__}:{value!r};".encode())
+        return
+    if id(value) in seen:
+        put(b"<cycle>")
+        return
+    seen = seen | {id(value)}
+    if isinstance(value, torch.Tensor):
+        put(f"tensor{tuple(value.shape)}{value.dtype};".encode())
+        put(value.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        put(f"array{value.shape}{value.dtype};".encode())
+        put(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (list, tuple)):
+        put(f"{type(value).__name__}[{len(value)}];".encode())
+        for item in value:
+            _feed(digest, item, seen, depth + 1)
+    elif isinstance(value, (set, frozenset)):
+        put(f"set[{len(value)}];".encode())
+        for item in sorted(value, key=repr):
+            _feed(digest, item, seen, depth + 1)
+    elif isinstance(value, dict):
+        put(f"dict[{len(value)}];".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key, seen, depth + 1)
+            _feed(digest, value[key], seen, depth + 1)
+    elif isinstance(value, types.CodeType):
+        put(value.co_code)
+        _feed(digest, (value.co_consts, value.co_names, value.co_varnames), seen, depth + 1)
+    elif isinstance(value, types.FunctionType):
+        _feed_function(digest, value, seen, depth)
+    elif isinstance(value, types.MethodType):
+        _feed(digest, (value.__func__, value.__self__), seen, depth + 1)
+    elif isinstance(value, functools.partial):
+        _feed(digest, (value.func, value.args, value.keywords), seen, depth + 1)
+    elif isinstance(value, torch.nn.Module):
+        _feed_module(digest, value, seen, depth)
+    elif isinstance(value, type) or callable(value) and not hasattr(value, "__dict__"):
+        _feed_by_name(digest, value)        # classes, builtins such as torch.tanh, ufuncs
+    elif hasattr(value, "__dict__"):
+        put(f"{type(value).__module__}.{type(value).__qualname__};".encode())
+        kernel = getattr(type(value), "kernel", None)
+        if isinstance(kernel, types.FunctionType):
+            _feed_function(digest, kernel, seen, depth)   # an object that only looks like an architecture
+        _feed(digest, vars(value), seen, depth + 1)
+    else:
+        raise _Unidentifiable(type(value).__name__)
+
+
+def _feed_function(digest, fn: types.FunctionType, seen: set, depth: int) -> None:
+    cells = tuple(c.cell_contents for c in fn.__closure__ or () if _cell_is_set(c))
+    globals_used = {name: fn.__globals__[name] for name in fn.__code__.co_names
+                    if isinstance(fn.__globals__.get(name), (bool, int, float, str))}
+    _feed(digest, (fn.__qualname__, fn.__code__, fn.__defaults__, fn.__kwdefaults__, cells, globals_used),
+          seen, depth + 1)
+
+
+def _cell_is_set(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _feed_by_name(digest, value) -> None:
+    module, name = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if not (module and name) or "<locals>" in name:
+        raise _Unidentifiable(repr(value))
+    digest.update(f"{module}.{name};".encode())
+
+
+def _feed_module(digest, model: torch.nn.Module, seen: set, depth: int) -> None:
+    """A model: each submodule's class, forward code and public attributes, then the state dict."""
+    for name, module in model.named_modules():
+        digest.update(f"module {name}: {type(module).__module__}.{type(module).__qualname__};".encode())
+        forward = getattr(type(module), "forward", None)
+        if isinstance(forward, types.FunctionType):
+            _feed_function(digest, forward, seen, depth)
+        public = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
+        _feed(digest, public, seen, depth + 1)
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        _feed(digest, value, seen, depth + 1)
 
 
 def kernel_block(source: TileSource, x_rows: torch.Tensor, x_cols: torch.Tensor | None) -> np.ndarray:
@@ -124,7 +272,7 @@ def kernel_tile(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, b
 
 def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zarr", block: int = 4096,
                   client=None, progress: bool = False, overwrite: bool = False,
-                  torch_threads: int = 1) -> StoredKernel:
+                  torch_threads: int = 1, stall_timeout: float = STALL_TIMEOUT) -> StoredKernel:
     """Compute the kernel ``K(x1, x2)`` blockwise on Dask into the zarr ``store``; resume if it exists.
 
     ``arch_or_model``: an architecture (analytic ``kind="ntk"`` or ``"nngp"``) or a
@@ -140,8 +288,17 @@ def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zar
     worker sees under the same path. ``torch_threads``: threads torch uses in each task.
 
     A store that already exists is resumed when its metadata (kind, architecture or model
-    parameters, inputs, block) match, and refused otherwise; ``overwrite=True`` deletes it
-    first. An interrupted call raises after cancelling its tasks; call again to resume.
+    — identified by :func:`source_digest`, not only by its printed spec —, inputs, block)
+    match, and refused otherwise; ``overwrite=True`` replaces it. A path that exists and is
+    not an ntkprior kernel store (a directory holding other files) is always refused, and the
+    working directory, its parents and the home directory are never replaced. A new store is
+    created under a temporary name and renamed into place, so its metadata are never partial.
+    Each tile is written with a CRC-32 checksum, before its completion flag; readers verify it.
+
+    An interrupted call raises after cancelling its tasks; call again to resume. So does a run
+    in which no tile finished for ``stall_timeout`` seconds (a lost worker, a task whose inputs
+    never arrived): the error says how many tiles are stored. A scheduler address that does
+    not answer within :data:`CONNECT_TIMEOUT` seconds is a ``ValueError``.
     Returns the finished store as a :class:`~ntkprior.scale.stored.StoredKernel`.
     """
     source = TileSource(arch_or_model, kind)
@@ -149,13 +306,15 @@ def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zar
     if not isinstance(torch_threads, int) or isinstance(torch_threads, bool) or torch_threads < 1:
         raise ValueError(f"torch_threads: expected a positive integer, got {torch_threads!r}")
     _check_client(client)
+    if isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or not stall_timeout > 0:
+        raise ValueError(f"stall_timeout: expected a positive number of seconds, got {stall_timeout!r}")
     kernel_block(source, x1[:2], None)  # fail here, with the model's own error, not inside a worker
     location = store_location(store)
     group = _open_or_create(location, source, x1, x2, block, overwrite)
     todo = missing_blocks(group)
     if todo:
         with _connect(client) as dask_client:
-            _run(dask_client, source, x1, x2, location, block, todo, progress, torch_threads)
+            _run(dask_client, source, x1, x2, location, block, todo, progress, torch_threads, stall_timeout)
     return StoredKernel(location)
 
 
@@ -185,21 +344,76 @@ def _open_or_create(location: str, source, x1, x2, block: int, overwrite: bool):
     """The store's group: checked against these arguments when resuming, else created."""
     zarr = require("zarr")
     expected = _metadata(source, x1, x2, block)
-    if overwrite and "://" not in location and os.path.exists(location):
-        shutil.rmtree(location)
-    try:
-        group = zarr.open_group(location, mode="r+")
-    except FileNotFoundError:
-        group = None
-    if group is not None and ATTRS_KEY in group.attrs:
-        _check_same_metadata(location, dict(group.attrs[ATTRS_KEY]), expected)
-    elif group is not None and (list(group.keys()) or dict(group.attrs)):
-        raise ValueError(f"store: {location!r} holds other data (not an ntkprior kernel store); "
-                         "pass a new path")
+    found = _existing_metadata(location)
+    if found is not None and overwrite:
+        _remove_store(location)
+        found = None
+    if found is None:
+        _create_store(location, expected, x1, x2, block)
     else:
-        group = zarr.open_group(location, mode="w", attributes={ATTRS_KEY: expected})
-    _create_arrays(group, x1, x2, block, expected["shape"])
+        _check_same_metadata(location, found, expected)
+    group = zarr.open_group(location, mode="r+")
+    _create_arrays(group, x1, x2, block, expected["shape"])   # what a store from an older version lacks
     return group
+
+
+def _existing_metadata(location: str) -> dict | None:
+    """The ntkprior metadata of the store at ``location``; None where there is nothing (or an empty
+    directory). Anything else there is refused: it is the user's data, never overwritten."""
+    if "://" in location:
+        return _existing_remote_metadata(location)
+    if not os.path.exists(location):
+        return None
+    if not os.path.isdir(location):
+        raise ValueError(f"store: {location!r} is a file, not an ntkprior kernel store; pass a new path")
+    if not os.listdir(location):
+        return None
+    try:
+        attrs = require("zarr").open_group(location, mode="r").attrs
+    except (FileNotFoundError, KeyError, ValueError, TypeError):   # no zarr metadata: a plain directory
+        attrs = {}
+    if ATTRS_KEY not in attrs:
+        raise _other_data(location)
+    return dict(attrs[ATTRS_KEY])
+
+
+def _existing_remote_metadata(location: str) -> dict | None:
+    """As :func:`_existing_metadata`, for a URL (no directories to look at: the zarr group itself)."""
+    try:
+        group = require("zarr").open_group(location, mode="r")
+    except FileNotFoundError:
+        return None
+    if ATTRS_KEY in group.attrs:
+        return dict(group.attrs[ATTRS_KEY])
+    if list(group.keys()) or dict(group.attrs):
+        raise _other_data(location)
+    return None
+
+
+def _other_data(location: str) -> ValueError:
+    return ValueError(f"store: {location!r} holds other data, not an ntkprior kernel store; pass a new path")
+
+
+def _remove_store(location: str) -> None:
+    """Discard an ntkprior store (``overwrite=True``); never the working directory, its parents or home."""
+    if "://" in location:
+        require("zarr").open_group(location, mode="w")
+        return
+    from ntkprior.files import remove_tree
+    remove_tree(location, "store")
+
+
+def _create_store(location: str, expected: dict, x1, x2, block: int) -> None:
+    """A new store with all its metadata and arrays, built under a temporary name and renamed into place."""
+    zarr = require("zarr")
+    if "://" in location:
+        _create_arrays(zarr.open_group(location, mode="w", attributes={ATTRS_KEY: expected}),
+                       x1, x2, block, expected["shape"])
+        return
+    from ntkprior.files import atomic_directory
+    with atomic_directory(location, "store") as tmp:
+        group = zarr.open_group(str(tmp), mode="w", attributes={ATTRS_KEY: expected})
+        _create_arrays(group, x1, x2, block, expected["shape"])
 
 
 def _check_same_metadata(location: str, found: dict, expected: dict) -> None:
@@ -210,7 +424,12 @@ def _check_same_metadata(location: str, found: dict, expected: dict) -> None:
     if differ:
         raise ValueError(f"store: {location!r} was built from different arguments ({', '.join(differ)} "
                          "differ), so it cannot be resumed; pass a new store path, or overwrite=True "
-                         "to discard it")
+                         "(ntkprior kernel --overwrite) to discard it")
+    if expected["source_digest"] is None:
+        raise ValueError(f"store: {location!r} was built from {found.get('spec')!r}, whose parts cannot all "
+                         "be identified (an object of a kind ntkprior cannot fingerprint), so resuming "
+                         "could mix tiles of two kernels; pass a new store path, or overwrite=True "
+                         "(ntkprior kernel --overwrite) to recompute it")
 
 
 def _create_arrays(group, x1, x2, block: int, shape) -> None:
@@ -219,9 +438,12 @@ def _create_arrays(group, x1, x2, block: int, shape) -> None:
     if KERNEL not in present:
         group.create_array(KERNEL, shape=tuple(shape), chunks=(block, block), dtype="float64",
                            compressors=None, fill_value=np.nan)
+    grid = tuple(len(spans(n, block)) for n in shape)
     if DONE not in present:
-        grid = tuple(len(spans(n, block)) for n in shape)
         group.create_array(DONE, shape=grid, chunks=(1, 1), dtype="uint8", compressors=None, fill_value=0)
+    if CHECKSUM not in present:
+        group.create_array(CHECKSUM, shape=grid, chunks=(1, 1), dtype="uint64", compressors=None,
+                           fill_value=0)
     for name, x in (("x1", x1), ("x2", x2)):
         if x is not None and name not in present:
             group.create_array(name, data=x.numpy(), compressors=None)
@@ -229,19 +451,21 @@ def _create_arrays(group, x1, x2, block: int, shape) -> None:
 
 def _store_block(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, location: str,
                  block: int, i: int, j: int, torch_threads: int) -> tuple[int, int]:
-    """Worker task: compute tile (i, j), write it, then mark it done."""
+    """Worker task: compute tile (i, j), write it and its checksum, then mark it done."""
     zarr = require("zarr")
     torch.set_num_threads(torch_threads)
     rows, cols, tile = kernel_tile(source, x1, x2, block, i, j)
     group = zarr.open_group(location, mode="r+")
     group[KERNEL][rows, cols] = tile
+    group[CHECKSUM][i, j] = tile_checksum(tile)
     group[DONE][i, j] = 1  # only after the data: an interrupted write is never marked complete
     return i, j
 
 
-def _run(client, source, x1, x2, location, block, todo, progress, torch_threads) -> None:
-    """Submit one task per missing tile; raise, after cancelling the rest, if one fails."""
-    from dask.distributed import as_completed
+def _run(client, source, x1, x2, location, block, todo, progress, torch_threads, stall_timeout) -> None:
+    """Submit one task per missing tile; raise, after cancelling the rest, if one fails or none
+    finishes for ``stall_timeout`` seconds."""
+    from dask.distributed import wait
     from tqdm.auto import tqdm
 
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
@@ -250,21 +474,39 @@ def _run(client, source, x1, x2, location, block, todo, progress, torch_threads)
     x2_shared = None if x2 is None else client.scatter(x2, broadcast=True)
     futures = [client.submit(_store_block, *shared, x2_shared, location, block, i, j, torch_threads,
                              pure=False) for i, j in todo]
+    tile_of = {future.key: pair for future, pair in zip(futures, todo)}
     bar = tqdm(total=total, initial=total - len(todo), desc="kernel blocks", unit="block",
                disable=not progress)
+    pending = set(futures)
     try:
-        for future in as_completed(futures):
-            if future.status == "error":
-                i, j = todo[futures.index(future)]
-                stored = total - len(missing_blocks(require("zarr").open_group(location, mode="r")))
-                raise RuntimeError(f"kernel_matrix: block ({i}, {j}) failed: {future.exception()!r}; "
-                                   f"{stored} of {total} blocks are stored in {location!r}; call "
-                                   "kernel_matrix again with the same arguments to resume") \
-                    from future.exception()
-            bar.update(1)
+        while pending:
+            try:
+                finished, pending = wait(pending, timeout=stall_timeout, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                raise RuntimeError(f"kernel_matrix: no block finished for {stall_timeout:g} s "
+                                   f"({len(pending)} still to do; a lost worker, or a task whose inputs "
+                                   f"never reached its worker); {_resume_hint(location, total)}") from None
+            except CancelledError as exc:   # e.g. "lost dependencies": the workers holding the inputs died
+                reason = " ".join(str(exc).split())
+                raise RuntimeError(f"kernel_matrix: the scheduler cancelled block tasks ({reason}); "
+                                   f"{_resume_hint(location, total)}") from None
+            for future in finished:
+                if future.status != "finished":
+                    i, j = tile_of[future.key]
+                    exc = future.exception() if future.status == "error" else future.status
+                    raise RuntimeError(f"kernel_matrix: block ({i}, {j}) failed: {exc!r}; "
+                                       f"{_resume_hint(location, total)}") \
+                        from (exc if isinstance(exc, BaseException) else None)
+            bar.update(len(finished))
     finally:
         bar.close()
         client.cancel(futures)
+
+
+def _resume_hint(location: str, total: int) -> str:
+    stored = total - len(missing_blocks(require("zarr").open_group(location, mode="r")))
+    return (f"{stored} of {total} blocks are stored in {location!r}; call kernel_matrix again with the "
+            "same arguments (ntkprior kernel: the same command) to resume")
 
 
 def local_cluster(n_workers: int | None = None, **kwargs):
@@ -298,7 +540,13 @@ def _connect(client):
         with local_cluster() as cluster, distributed.Client(cluster) as new:
             yield new
     elif isinstance(client, str):
-        with distributed.Client(client) as new:
+        try:
+            new = distributed.Client(client, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise ValueError(f"client: no Dask scheduler answered at {client!r} within {CONNECT_TIMEOUT} s "
+                             f"({type(exc).__name__}); start one (dask scheduler) or pass its address, or "
+                             "omit it (--scheduler) to start a local cluster") from None
+        with new:
             yield new
     else:
         yield client

@@ -41,24 +41,69 @@ INPUT_SHAPE_HELP = ("per-sample shape C,L or C,H,W of signals/images stored as f
 SMALL = '"[dense(512, weight_std=1.5, bias_std=0.05) relu]*2 dense(1)"'
 
 
-def fails_cleanly(fn):
-    """Turn a ValueError from the library into exit code 2 and a one-line message, and print the
-    library's warnings as ``warning: ...`` lines on stderr (not Python's file:line format)."""
+#: options naming files a command writes; every other Path option names a file it reads
+OUTPUT_FILES = ("out", "figure")
+
+
+def fails_cleanly(fn=None, *, directories: tuple[str, ...] = ()):
+    """The bad-input contract at the CLI edge: every Path option is checked before any work
+    (inputs readable files, outputs writable; ``directories``: options naming an output
+    directory, checked by the command), and a ValueError, an OSError or an impossible allocation
+    becomes exit code 2 with a one-line message. The library's warnings are printed as
+    ``warning: ...`` lines on stderr (not Python's file:line format)."""
+    if fn is None:
+        return functools.partial(fails_cleanly, directories=directories)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                check_paths(kwargs, directories)
                 return fn(*args, **kwargs)
-            except (ValueError, FileNotFoundError) as exc:
-                typer.echo(f"error: {exc}", err=True)
+            except (ValueError, OSError) as exc:
+                typer.echo(f"error: {_one_line(exc)}", err=True)
+                raise typer.Exit(2) from None
+            except (MemoryError, RuntimeError) as exc:   # torch's allocator raises RuntimeError
+                if isinstance(exc, RuntimeError) and "alloc" not in str(exc).lower():
+                    raise
+                typer.echo(f"error: not enough memory ({_one_line(exc) or type(exc).__name__}); use smaller "
+                           "inputs, or compute kernels out of core (ntkprior kernel --store)", err=True)
                 raise typer.Exit(2) from None
             finally:
                 for message in dict.fromkeys(str(w.message) for w in caught):
                     typer.echo(f"warning: {message}", err=True)
 
     return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (spec errors point at a token on the next lines: kept, indented)."""
+    text = str(exc)
+    return text if isinstance(exc, ValueError) else " ".join(text.split())
+
+
+def check_paths(kwargs: dict, directories: tuple[str, ...] = ()) -> None:
+    """Check every Path option of a command before it runs: what it reads must be a readable
+    file, what it writes (:data:`OUTPUT_FILES`) a file name in a writable directory (a figure's
+    suffix one that matplotlib writes). ``--store`` and ``directories`` are checked by the library."""
+    from ntkprior.files import check_input_file, check_output_file
+    for key, value in kwargs.items():
+        if not isinstance(value, Path) or key in directories or key == "store":
+            continue
+        option = "--" + key.removesuffix("_file").replace("_", "-")
+        if key == "figure":
+            check_output_file(value, option, figure_suffixes())
+        elif key in OUTPUT_FILES:
+            check_output_file(value, option)
+        else:
+            check_input_file(value, option)
+
+
+def figure_suffixes() -> tuple[str, ...]:
+    """The file suffixes matplotlib can write (.png, .svg, .pdf, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    return tuple(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes())
 
 
 def read_inputs(path: Path, name: str, input_shape: Optional[str] = None) -> np.ndarray:
@@ -118,21 +163,23 @@ def write_outputs(out: Optional[Path], payload: dict, csv_table: Optional[tuple]
     if out is None:
         return
     from ntkprior.data import jsonable
+    from ntkprior.files import atomic_file
     suffix = out.suffix.lower()
-    if suffix == ".json":
-        out.write_text(json.dumps(jsonable(payload), indent=1))
-    elif suffix == ".npz":
-        np.savez(out, **{k: np.asarray(jsonable(v) if not isinstance(v, np.ndarray) else v)
-                         for k, v in payload.items() if v is not None})
-    elif suffix == ".csv" and csv_table is not None:
-        header, rows = csv_table
-        with open(out, "w") as f:
-            f.write(",".join(header) + "\n")
-            for row in rows:
-                f.write(",".join(str(v) for v in row) + "\n")
-    else:
+    if suffix not in (".json", ".npz") and not (suffix == ".csv" and csv_table is not None):
         kinds = ".npz, .json" + (" or .csv" if csv_table is not None else "")
         raise ValueError(f"--out: cannot write {out.suffix or 'a file without suffix'!r} here; use {kinds}")
+    with atomic_file(out) as tmp:
+        if suffix == ".json":
+            tmp.write_text(json.dumps(jsonable(payload), indent=1), encoding="utf-8")
+        elif suffix == ".npz":
+            np.savez(tmp, **{k: np.asarray(jsonable(v) if not isinstance(v, np.ndarray) else v)
+                             for k, v in payload.items() if v is not None})
+        else:
+            header, rows = csv_table
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(",".join(header) + "\n")
+                for row in rows:
+                    f.write(",".join(str(v) for v in row) + "\n")
 
 
 def parse_numbers(text: str, name: str, cast=float) -> list:

@@ -31,9 +31,15 @@ def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
                                                    "address; default a LocalCluster on this machine"),
            block: int = typer.Option(4096, "--block", help="with --store: block size (rows and columns)"),
            input_shape: Optional[str] = input_shape_option(),
+           overwrite: bool = typer.Option(False, "--overwrite", help="with --store: replace an existing ntkprior "
+                                          "store built from other arguments (never any other directory)"),
            ) -> None:
     """Exact infinite-width NNGP and NTK of ARCH between x1 and x2, written to an .npz (or a zarr store)."""
     from ntkprior.arch.spec import load_arch
+    from ntkprior.data import check_allocation
+    from ntkprior.files import atomic_file, check_output_file
+    if store is None:
+        check_output_file(out, "--out", (".npz",))   # write what is printed: never K.json.npz
     architecture = load_arch(arch)
     a1 = read_inputs(x1, "--x1", input_shape)
     a2 = read_inputs(x2, "--x2", input_shape) if x2 is not None else None
@@ -42,11 +48,16 @@ def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
             raise ValueError("--diagonal: not available with --store; the diagonal fits in memory, drop --store")
         from ntkprior.scale.distributed import kernel_matrix
         stored = kernel_matrix(architecture, a1, a2, kind=kind, store=str(store), block=block,
-                               client=scheduler, progress=True)
+                               client=scheduler, progress=True, overwrite=overwrite)
         typer.echo(json.dumps({"store": str(store), "kind": kind, "shape": list(stored.shape),
                                "arch": str(architecture)}))
         return
+    n2 = len(a1 if a2 is None else a2)
+    check_allocation(2 * 8 * len(a1) * (1 if diagonal else n2), "--x1",
+                     f"the {len(a1)} x {1 if diagonal else n2} NNGP and NTK matrices",
+                     "pass --diagonal for K(x, x) only, or --store K.zarr to compute them out of core")
     k = architecture.kernel(a1, a2, diagonal=diagonal, max_memory=max_memory)
-    np.savez(out, nngp=k.nngp.numpy(), ntk=k.ntk.numpy(), x1_shape=np.array(a1.shape),
-             x2_shape=np.array((a2 if a2 is not None else a1).shape), arch=np.array(str(architecture)))
+    with atomic_file(out) as tmp:
+        np.savez(tmp, nngp=k.nngp.numpy(), ntk=k.ntk.numpy(), x1_shape=np.array(a1.shape),
+                 x2_shape=np.array((a2 if a2 is not None else a1).shape), arch=np.array(str(architecture)))
     typer.echo(json.dumps({"out": str(out), "shape": list(k.ntk.shape), "arch": str(architecture)}))

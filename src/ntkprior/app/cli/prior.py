@@ -57,14 +57,17 @@ def eigen(arch: str = arch_option(),
             fig = plots.eigenmode_overview({title: {"x": inputs[:, 0], "values": modes.values,
                                                     "vectors": modes.vectors, "sign_changes": changes}})
         else:       # 2-D inputs drawn as they are; more dimensions on their first two principal coordinates
-            if inputs.shape[1] == 2:
+            if inputs.ndim == 2 and inputs.shape[1] == 2:
                 xy, labels = inputs, ("x₁", "x₂")
-            else:
+            else:       # signals and images: the principal coordinates of their flattened values
                 from sklearn.decomposition import PCA
-                xy, labels = PCA(2).fit_transform(inputs), ("principal coordinate 1", "principal coordinate 2")
+                xy = PCA(2).fit_transform(inputs.reshape(len(inputs), -1))
+                labels = ("principal coordinate 1", "principal coordinate 2")
             fig = plots.eigenvector_maps(xy, modes.vectors, eigenvalues=modes.values, xlabel=labels[0],
                                          ylabel=labels[1], title=title)
-        fig.savefig(figure, dpi=110)
+        from ntkprior.files import atomic_file
+        with atomic_file(figure, "--figure") as tmp:
+            fig.savefig(tmp, dpi=110)
     text = "\n".join([f"{kernel.upper()} of {architecture} on {len(inputs)} inputs: top {len(modes)} eigenpairs",
                       "mode  eigenvalue" + ("  sign changes" if one_d else "")]
                      + [f"{r[0]:>4}  {r[1]:>10}" + (f"  {r[2]:>12}" if one_d else "") for r in rows])

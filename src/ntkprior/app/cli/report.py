@@ -17,7 +17,7 @@ from ntkprior.app.cli.base import input_shape_option, shaped
                              "ntkprior report --quick --out /tmp/smoke",
                              f"ntkprior report --arch {SMALL} --train train.csv --test test.csv "
                              "--candidates cands.csv --out my-report"))
-@fails_cleanly
+@fails_cleanly(directories=("out",))
 def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="directory for index.html, "
                                     "figures/ and results.json"),
            study: str = typer.Option("document", "--study", help="which study: document (the analysis of the "
@@ -42,7 +42,9 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
     With no data it runs the analysis of the document that started the project on built-in data (about a minute on 2 cores);
     with --arch and --train it runs the same sections on your data. See docs/report.md.
     """
-    from ntkprior.app.report import build_report
+    from ntkprior.app.report import build_report, is_report_directory
+    from ntkprior.files import check_output_directory
+    check_output_directory(out, "--out", is_report_directory, "an ntkprior report")
     user = {}
     if arch is not None or train_file is not None:
         if arch is None or train_file is None:

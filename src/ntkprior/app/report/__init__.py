@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +84,22 @@ def build_report(out="ntkprior-report", *, study: str = "document", seed: int = 
     user = {k: v for k, v in dict(arch=arch, x_train=x_train, y_train=y_train, x_test=x_test, candidates=candidates,
                                   learning_rate=learning_rate, steps=steps, widths=widths).items() if v is not None}
     plan = STUDIES[study].plan(sizes, seed, **user)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ntkprior.files import atomic_directory, check_output_directory
+    final = check_output_directory(out, "out", is_report_directory, "an ntkprior report")
+    with atomic_directory(final, "out") as staging:    # an interrupted run never mixes two reports
+        written = _write_report(staging, plan, seed=seed, quick=quick, progress=progress, start=start)
+    return replace(written, index=final / written.index.name, results_path=final / written.results_path.name,
+                   figures=[final / p.relative_to(staging) for p in written.figures])
+
+
+def is_report_directory(path: Path) -> bool:
+    """Whether ``path`` holds only what :func:`build_report` writes (so a new report may replace it)."""
+    names = {entry.name for entry in path.iterdir()}
+    return "results.json" in names and names <= {"index.html", "results.json", "figures"}
+
+
+def _write_report(out: Path, plan, *, seed: int, quick: bool, progress: bool, start: float) -> ReportOutput:
+    """Run ``plan`` and write its page, figures and numbers into ``out``."""
     bar = Progress(plan.tasks, enabled=progress, description="ntkprior report")
     rep = Report(out, bar)
     try:
