@@ -77,3 +77,39 @@ def test_kernel_command_writes_a_zarr_store_on_dask(runner, tmp_path, rng):
     np.testing.assert_allclose(stored.matvec(np.eye(30)), expected, rtol=1e-12, atol=1e-12)
     bad = runner.invoke(app, [*args, "--diagonal"])
     assert bad.exit_code == 2 and "--diagonal: not available with --store" in bad.output
+
+
+@pytest.mark.slow
+def test_every_command_that_takes_an_architecture_accepts_a_store(runner, tmp_path, rng):
+    """A store from kernel --store is not a dead end (issue 13): eigen, score and predict solve with
+    it out of core on its own inputs; commands that build networks read its architecture back."""
+    pytest.importorskip("dask.distributed")
+    from ntkprior.app.cli.base import load_source
+    spec = "dense(64, weight_std=1.4, bias_std=0.5) relu dense(1, weight_std=1.4, bias_std=0.5)"
+    x, xt = rng.standard_normal((24, 2)), rng.standard_normal((3, 2))
+    y = np.sin(x[:, 0])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "xt.npy", xt)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    store = tmp_path / "K.zarr"
+    made = runner.invoke(app, ["kernel", "--arch", spec, "--x1", str(tmp_path / "x.npy"), "--store", str(store),
+                               "--block", "16"])
+    assert made.exit_code == 0, made.output
+    arch = ntp.parse_spec(spec)
+    res = runner.invoke(app, ["eigen", "--arch", str(store), "--x", str(tmp_path / "x.npy"), "--k", "4",
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    import json
+    top = np.linalg.eigvalsh(arch.kernel(x).ntk.numpy())[::-1][:4]
+    np.testing.assert_allclose(json.loads(res.stdout)["values"], top, rtol=1e-8)
+    res = runner.invoke(app, ["predict", "--arch", str(store), "--train", str(tmp_path / "train.npz"),
+                              "--test", str(tmp_path / "xt.npy"), "--kind", "ntkgp", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    expected = ntp.predict(arch, x, y, xt, kind="ntkgp").mean.numpy()
+    np.testing.assert_allclose(np.asarray(json.loads(res.stdout)["mean"]).reshape(-1), expected.reshape(-1), rtol=1e-6,
+                               atol=1e-8)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=x + 1, y=y)
+    bad = runner.invoke(app, ["predict", "--arch", str(store), "--train", str(other), "--kind", "ntkgp"])
+    assert bad.exit_code == 2 and "differs from the inputs the stored kernel was computed on" in bad.output
+    assert str(load_source(str(store), networks=True)) == str(arch)

@@ -26,8 +26,9 @@ app = typer.Typer(help="The Neural Tangent Kernel as a prior: kernels, eigenmode
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   rich_markup_mode="markdown")
 
-ARCH_HELP = ('architecture: a one-line spec such as "dense(512, weight_std=1.5, bias_std=0.05) relu '
+SPEC_HELP = ('architecture: a one-line spec such as "dense(512, weight_std=1.5, bias_std=0.05) relu '
              'dense(1)", or a .yaml/.json file holding one')
+ARCH_HELP = SPEC_HELP + ", or a kernel store K.zarr written by kernel --store"
 TRAIN_HELP = ("training data: a .csv with a header row whose label column is named y (all other columns "
               "are inputs; no header: the last column is y), or an .npz with arrays x and y")
 TEST_HELP = ("test inputs: a .csv (same input columns as --train; a y column, if any, is scored as the "
@@ -207,13 +208,25 @@ def test_data(path: Optional[Path]):
     return load_labelled(path, "--test", labels="optional")
 
 
-def load_problem(fmt: str, arch: str, train_file: Path, test_file: Optional[Path],
-                 input_shape: Optional[str] = None):
-    """Check --format and read --arch, --train and --test (rows reshaped to --input-shape):
-    (architecture, x, y, x_test, y_test)."""
+def load_source(arch: str, *, networks: bool = False):
+    """--arch: a spec, a .yaml/.json architecture file, or a kernel store written by ``ntkprior kernel
+    --store`` (a directory). A store stands for its kernel, used out of core on the inputs it was
+    computed on; where networks are built (``networks``), for the architecture it records (read back
+    from its spec and checked to reproduce its entries)."""
+    if Path(arch).is_dir():
+        from ntkprior.scale.stored import StoredKernel
+        stored = StoredKernel(arch)
+        return stored.architecture() if networks else stored
     from ntkprior.arch.spec import load_arch
+    return load_arch(arch)
+
+
+def load_problem(fmt: str, arch: str, train_file: Path, test_file: Optional[Path],
+                 input_shape: Optional[str] = None, *, networks: bool = False):
+    """Check --format and read --arch (see :func:`load_source`), --train and --test (rows reshaped to
+    --input-shape): (architecture or stored kernel, x, y, x_test, y_test)."""
     check_format(fmt)
-    architecture = load_arch(arch)
+    architecture = load_source(arch, networks=networks)
     x, y = train_data(train_file)
     x_test, y_test = test_data(test_file)
     return architecture, shaped(x, input_shape, "--train"), y, shaped(x_test, input_shape, "--test"), y_test

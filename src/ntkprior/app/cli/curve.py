@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from ntkprior.app.cli.base import (SMALL, app, arch_option, check_format, emit, example, fails_cleanly, format_option,
-                                   out_option, parse_numbers, read_inputs, seed_option, steps_option, write_outputs)
+from ntkprior.app.cli.base import (SMALL, app, arch_option, check_format, emit, example, fails_cleanly,
+                                   format_option, load_source, out_option, parse_numbers, read_inputs,
+                                   seed_option, steps_option, write_outputs)
 
 
 def _sizes(text: str) -> list[int]:
@@ -102,13 +103,12 @@ def curve(arch: str = arch_option(),
     and --train-networks measure (given at zero ridge and noise; otherwise compare with "predicted"
     where n is small against N). See docs/learning_curves.md.
     """
-    from ntkprior.arch.spec import load_arch
     from ntkprior.data import load_array
     from ntkprior.prior.learning_curves import check_train_sizes, pool_spectrum
     from ntkprior.prior.sources import check_kernel_name
     check_format(fmt)
     check_kernel_name(kernel, "--kernel")
-    architecture = load_arch(arch)
+    architecture = load_source(arch, networks=train_networks)
     pool, target = read_inputs(x, "--x"), load_array(y, "--y")
     sizes = _sizes(n)
     check_train_sizes(sizes, len(pool), "--n")

@@ -9,8 +9,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ntkprior.app.cli.base import (ARCH_HELP, app, fails_cleanly, read_inputs)
-from ntkprior.app.cli.base import input_shape_option
+from ntkprior.app.cli.base import (SPEC_HELP, app, fails_cleanly, input_shape_option, read_inputs)
 
 
 # ============================================================================== kernel
@@ -18,7 +17,7 @@ from ntkprior.app.cli.base import input_shape_option
              'Out of core on Dask: ntkprior kernel --arch "dense(512) relu dense(1)" --x1 x.npy '
              '--store K.zarr [--scheduler tcp://host:8786]')
 @fails_cleanly
-def kernel(arch: str = typer.Option(..., "--arch", help=ARCH_HELP),
+def kernel(arch: str = typer.Option(..., "--arch", help=SPEC_HELP),
            x1: Path = typer.Option(..., "--x1", help="inputs (n1, d): .npy, .npz or .csv"),
            x2: Optional[Path] = typer.Option(None, "--x2", help="second inputs (n2, d); default x1"),
            out: Path = typer.Option(Path("kernel.npz"), "--out", help="output .npz with nngp and ntk"),

@@ -11,9 +11,9 @@ import typer
 
 from ntkprior.app.cli.base import (CANDIDATES_HELP, SMALL, TEST_HELP, app, arch_option, candidates_for,
                                    check_format, diag_reg_option, emit, example, fails_cleanly, format_option,
-                                   learning_rate_option, load_problem, out_option, parse_numbers, read_inputs,
-                                   test_option, train_option, write_outputs)
-from ntkprior.app.cli.base import input_shape_option
+                                   input_shape_option, learning_rate_option, load_problem, load_source,
+                                   out_option, parse_numbers, read_inputs, test_option, train_option,
+                                   write_outputs)
 
 
 # ============================================================================== eigen
@@ -36,10 +36,9 @@ def eigen(arch: str = arch_option(),
     for 1-D inputs the sign changes of each eigenvector along x are counted.
     """
     from ntkprior.app import plots
-    from ntkprior.arch.spec import load_arch
     from ntkprior.prior.spectrum import count_sign_changes, eigenmodes
     check_format(fmt)
-    architecture = load_arch(arch)
+    architecture = load_source(arch)
     inputs = read_inputs(x, "--x", input_shape)
     modes = eigenmodes(architecture, inputs, k=min(k, len(inputs)) if k >= 1 else k, kernel=kernel)
     one_d = inputs.ndim == 2 and inputs.shape[1] == 1

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from ntkprior.app.cli.base import (ARCH_HELP, CANDIDATES_HELP, SMALL, TRAIN_HELP, app, candidates_for,
-                                   example, fails_cleanly, parse_numbers, test_data, test_option, train_data)
-from ntkprior.app.cli.base import input_shape_option, shaped
+                                   example, fails_cleanly, input_shape_option, load_source, parse_numbers,
+                                   shaped, test_data, test_option, train_data)
 
 
 # ============================================================================== report
@@ -52,7 +52,7 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
         x, y = train_data(train_file)
         x_test, y_test = test_data(test_file)
         x, x_test = shaped(x, input_shape, "--train"), shaped(x_test, input_shape, "--test")
-        user = dict(arch=arch, x_train=x, y_train=y, x_test=x_test,
+        user = dict(arch=load_source(arch, networks=True), x_train=x, y_train=y, x_test=x_test,
                     candidates=candidates_for(candidates_file, x_test, y_test), learning_rate=learning_rate,
                     steps=steps, widths=None if widths is None else parse_numbers(widths, "--widths", int))
     elif any(v is not None for v in (test_file, candidates_file, learning_rate, steps, widths)):

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 
 from ntkprior.app.cli.base import (SMALL, app, arch_option, emit, example, fails_cleanly, format_option,
-                                   learning_rate_option, load_problem, out_option, parse_numbers, seed_option,
-                                   steps_option, test_option, train_option, write_outputs)
-from ntkprior.app.cli.base import input_shape_option
+                                   input_shape_option, learning_rate_option, load_problem, out_option,
+                                   parse_numbers, seed_option, steps_option, test_option, train_option,
+                                   write_outputs)
 
 
 # ============================================================================== train
@@ -39,7 +39,7 @@ def train_command(arch: str = arch_option(),
     """
     from ntkprior.prior.prior import predict as kernel_predict
     from ntkprior.dynamics.training import train, width_sweep
-    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file, input_shape)
+    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file, input_shape, networks=True)
     chosen = None if widths is None else parse_numbers(widths, "--widths", int)
     if chosen is not None and len(chosen) > 1:
         if x_test is None:
@@ -96,7 +96,7 @@ def diagnose(arch: str = arch_option(),
              ) -> None:
     """Will networks of ARCH trained like this match the kernel's prediction, and if not, why?"""
     from ntkprior.dynamics.diagnose import diagnose as run_diagnosis
-    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file, input_shape)
+    architecture, x, y, x_test, _ = load_problem(fmt, arch, train_file, test_file, input_shape, networks=True)
     d = run_diagnosis(architecture, x, y, x if x_test is None else x_test, steps, learning_rate, width=width,
                       seed=seed, ensemble=ensemble, progress=fmt == "text")
     payload = {"learning_rate": d.learning_rate, "steps": d.steps, "width": d.width, **d.summary()}
