@@ -105,9 +105,9 @@ def create_app(*, time_limit: float = 300.0, max_jobs: int = 2) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/api/presets")
-    def presets():
-        return views.presets()
+    @app.get("/api/options")
+    def options():
+        return views.options()
 
     @app.post("/api/spec")
     def spec(req: rq.SpecRequest):

@@ -148,16 +148,34 @@ def posterior_view(req: rq.PosteriorRequest) -> dict:
 
 def _posterior(req: rq.PosteriorRequest) -> dict:
     pic = Picture(req)
-    out = {"spec": str(pic.net), "x_test": _listed(pic.x_test), "t": req.t, "learning_rate": req.learning_rate}
+    out = {"spec": str(pic.net), "x_test": _listed(pic.x_test), "t": req.t, "learning_rate": req.learning_rate,
+           "axis": _listed(interval_grid(req.grid.n, req.grid.low, req.grid.high)[:, 0])}
     for kind in rq.KINDS:
         timed = {"t": req.t, "learning_rate": req.learning_rate} if kind == "gd-ensemble" else {}
         post = predict(pic.blocks, pic.x, pic.y, None, kind, diag_reg=pic.diag_reg, cov="diagonal", **timed)
-        out[kind] = {"mean": _listed(post.mean), "std": _listed(post.std)}
+        out[kind] = _summary(post, req.grid.n if req.data.dim == 2 else None)
     psd = pic.prior("ntk").psd
     out["max_stable_learning_rate"] = max_stable_learning_rate(psd, pic.x.shape[0])
     out["lambda_max"] = float(psd.eigh()[0][-1])
     out["m"] = pic.x.shape[0]
     return out
+
+
+def _summary(post, side: int | None) -> dict:
+    """Mean, std and the band mean ± 2 std; on the plane also as (side, side) images, rows along x2."""
+    out = {"mean": _listed(post.mean), "std": _listed(post.std),
+           "lower": _listed(post.mean - 2 * post.std), "upper": _listed(post.mean + 2 * post.std)}
+    if side is not None:
+        out["mean_image"] = _listed(post.mean.reshape(side, side).T)
+        out["std_image"] = _listed(post.std.reshape(side, side).T)
+    return out
+
+
+def options() -> dict:
+    """What the page's controls offer, and the explorer's limits."""
+    return {"activations": list(rq.ACTIVATIONS), "max_points": rq.MAX_POINTS, "max_grid": rq.MAX_GRID,
+            "max_grid_side": rq.MAX_GRID_SIDE, "max_width": rq.MAX_WIDTH, "max_steps": rq.MAX_STEPS,
+            "max_ensemble": rq.MAX_ENSEMBLE, "max_modes": rq.MAX_MODES, "presets": presets()}
 
 
 def eigen_view(req: rq.EigenRequest) -> dict:
@@ -196,10 +214,11 @@ def _candidate(req: rq.CandidateRequest) -> dict:
                               top_modes=0)
     row = ranking["y*"]
     z = float(row.residuals[0, 0])
+    mean, std = float(ranking.mean[0, 0]), math.sqrt(max(float(ranking.cov[0, 0]), 0.0))
     return {"spec": str(net), "kernel": req.kernel, "x_star": req.x_star, "y_star": req.y_star,
             "conditional_log_prob": row.conditional_log_prob, "joint_log_prob": row.joint_log_prob,
             "marginal_log_prob": ranking.marginal_log_prob, "peak_log_prob": ranking.peak_log_prob,
-            "mean": float(ranking.mean[0, 0]), "std": float(ranking.cov[0, 0].clamp(min=0).sqrt()),
+            "mean": mean, "std": std, "lower": mean - 2 * std, "upper": mean + 2 * std,
             "z": z, "quantile": 0.5 * (1 + math.erf(z / math.sqrt(2)))}
 
 
