@@ -13,6 +13,7 @@ the sizes :mod:`ntkprior.app.explore.views` lets through (``MAX_TRAINED_PARAMETE
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -52,12 +53,11 @@ def run_diagnosis(plan: dict, out) -> None:
     import warnings
 
     import torch
-    sys.stderr = _ProgressSink(out)
     try:
         from ntkprior.arch.spec import parse_spec
         from ntkprior.dynamics.diagnose import diagnose
         x, y, x_test = (torch.tensor(plan[k], dtype=torch.float64) for k in ("x", "y", "x_test"))
-        with warnings.catch_warnings(record=True) as caught:
+        with contextlib.redirect_stderr(_ProgressSink(out)), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             verdict = diagnose(parse_spec(plan["spec"]), x, y, x_test, plan["steps"], plan["learning_rate"],
                                seed=plan["seed"], ensemble=plan["ensemble"], progress=True)
@@ -109,8 +109,8 @@ class Job:
                     break
                 if "progress" in message:
                     self.done, self.total = message["progress"]
-                elif "done" in message:
-                    self.state, self.result = "done", message["done"]
+                elif "done" in message:      # (tqdm's last count is one short: the loop breaks first)
+                    self.state, self.result, self.done = "done", message["done"], self.total
                 else:
                     self.state, self.error = "failed", message["error"]
         code = self.process.wait()

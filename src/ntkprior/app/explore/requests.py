@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ntkprior.arch.layers import Activation
+from ntkprior.arch.spec import LAYERS
 
 #: most training points a request may carry ("a few hundred")
 MAX_POINTS = 300
@@ -25,9 +28,8 @@ MAX_DEPTH, MAX_STD, MAX_SPEC_CHARS = 8, 10.0, 400
 MAX_WIDTH, MAX_STEPS, MAX_ENSEMBLE = 1024, 20_000, 16
 #: most eigenmodes returned
 MAX_MODES = 12
-#: activations of the architecture controls: every elementwise layer of the grammar with a kernel
-ACTIVATIONS = ("relu", "leaky_relu", "abs", "erf", "identity", "gelu", "tanh", "sigmoid", "softplus", "silu",
-               "sin")
+#: activations of the architecture controls: every activation layer of the grammar (each has a kernel)
+ACTIVATIONS = tuple(name for name, cls in LAYERS.items() if issubclass(cls, Activation))
 KINDS = ("nngp", "ntkgp", "gd-ensemble")
 
 
@@ -64,11 +66,18 @@ class Arch(_Strict):
     """The architecture: the controls, or a spec string of the grammar (which then wins)."""
 
     depth: int = Field(3, ge=1, le=MAX_DEPTH, description="number of Dense layers, the readout included")
-    activation: Literal[ACTIVATIONS] = "relu"
+    activation: str = "relu"
     weight_std: float = Field(1.5, gt=0, le=MAX_STD)
     bias_std: float = Field(0.05, ge=0, le=MAX_STD)
     parameterization: Literal["ntk", "standard"] = "ntk"
     spec: Optional[str] = Field(None, max_length=MAX_SPEC_CHARS)
+
+    @field_validator("activation")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in ACTIVATIONS:
+            raise ValueError(f"expected one of {', '.join(ACTIVATIONS)}, got {name!r}")
+        return name
 
 
 class Grid(_Strict):

@@ -59,12 +59,13 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _client(request: Request, response: Response) -> str:
+def _for_client(request: Request, respond):
+    """``respond(client)`` for the page's client id (its cookie), issuing a new id to a new client."""
     client = request.cookies.get(CLIENT_COOKIE)
-    if not client:
-        client = uuid.uuid4().hex
+    response = respond(client or (client := uuid.uuid4().hex))
+    if CLIENT_COOKIE not in request.cookies:
         response.set_cookie(CLIENT_COOKIE, client, httponly=True, samesite="strict")
-    return client
+    return response
 
 
 def create_app(*, time_limit: float = 300.0, max_jobs: int = 2) -> FastAPI:
@@ -95,9 +96,12 @@ def create_app(*, time_limit: float = 300.0, max_jobs: int = 2) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     def index(request: Request):
-        page = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
-        _client(request, page)
-        return page
+        return _for_client(request, lambda _: FileResponse(STATIC / "index.html",
+                                                           headers={"Cache-Control": "no-store"}))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)
 
     @app.get("/plotly.min.js", include_in_schema=False)
     def plotly():
@@ -130,16 +134,17 @@ def create_app(*, time_limit: float = 300.0, max_jobs: int = 2) -> FastAPI:
         return views.csv_view(req)
 
     @app.post("/api/train")
-    def train_start(req: rq.TrainRequest, request: Request, response: Response):
-        return _json(jobs.start(_client(request, response), views.training_plan(req)))
+    def train_start(req: rq.TrainRequest, request: Request):
+        plan = views.training_plan(req)
+        return _for_client(request, lambda client: _json(jobs.start(client, plan)))
 
     @app.get("/api/train")
-    def train_status(request: Request, response: Response):
-        return _json(jobs.status(_client(request, response)))
+    def train_status(request: Request):
+        return _for_client(request, lambda client: _json(jobs.status(client)))
 
     @app.delete("/api/train")
-    def train_cancel(request: Request, response: Response):
-        return _json(jobs.cancel(_client(request, response)))
+    def train_cancel(request: Request):
+        return _for_client(request, lambda client: _json(jobs.cancel(client)))
 
     return app
 

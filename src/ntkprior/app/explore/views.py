@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from ntkprior.app.explore import requests as rq
 from ntkprior.arch.layers import Dense, Serial
@@ -246,10 +247,16 @@ def csv_view(req: rq.CsvRequest) -> dict:
     with tempfile.TemporaryDirectory(prefix="ntkprior-explore-") as tmp:
         path = Path(tmp) / "upload.csv"
         path.write_text(req.text)
-        x, y = load_labelled(path, "csv")
+        try:
+            x, y = load_labelled(path, "csv")
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(repr(str(path)), "the uploaded file")) from None
     if y.shape[1] != 1:
         raise ValueError(f"csv: has {y.shape[1]} label columns; the explorer needs one (named y)")
-    data = rq.Data(x=np.asarray(x, dtype=float).tolist(), y=np.asarray(y[:, 0], dtype=float).tolist())
+    try:
+        data = rq.Data(x=np.asarray(x, dtype=float).tolist(), y=np.asarray(y[:, 0], dtype=float).tolist())
+    except ValidationError as exc:
+        raise ValueError("csv: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
     return {"x": data.x, "y": data.y}
 
 

@@ -169,8 +169,18 @@ function drawPosterior() {
   if (S.candidate && last.candidate) traces.push(...candidateTraces());
   traces.push(pointTrace());
   Plotly.react($("posterior"), traces, baseLayout(`posterior mean ± 2 std · ${p.spec}`,
-    { xaxis: { range: [S.low, S.high], title: { text: "x" } }, yaxis: { title: { text: "f(x)" } },
-      uirevision: "posterior" }), PLOT_CONFIG);
+    { xaxis: { range: [S.low, S.high], title: { text: "x" } }, yaxis: { range: labelRange(), title: { text: "f(x)" } } }),
+    PLOT_CONFIG);
+}
+
+// The vertical range follows the labels (not the curves), so that a click lands where the labels are
+// even when a posterior shoots off; it changes only when the labels do, and not while dragging.
+let yRange = null;
+function labelRange() {
+  if (drag && yRange) return yRange;
+  const labels = S.data.y.concat(S.candidate ? [S.candidate.y] : []);
+  yRange = [Math.min(-1, ...labels) - 1, Math.max(1, ...labels) + 1];
+  return yRange;
 }
 
 function trainedTraces() {
