@@ -5,7 +5,9 @@ Tolerance of "equal": the server evaluates the kernels once on [X; X*] and hands
 as precomputed blocks, the direct calls evaluate them inside ``predict``/``eigenmodes``; both are the
 same float64 formulas, so they differ by round-off (~1e-15 relative) amplified by the training
 kernel's condition number (~1e4 for the seed's data): rtol = atol = 1e-9 leaves a wide margin and
-still catches any wrong block, kind, time or sign.
+still catches any wrong block, kind, time or sign. Standard deviations are square roots of variances
+that vanish at the training inputs, where the variance's round-off (condition number x eps x K**
+~ 1e4 x 2e-16 x 30 ~ 1e-10) becomes sqrt(1e-10) = 1e-5 in the std: STD_TOL allows that.
 """
 
 import time
@@ -26,6 +28,7 @@ from ntkprior.app.explore import views  # noqa: E402
 from ntkprior.app.explore.server import CLIENT_COOKIE, create_app, plotly_js  # noqa: E402
 
 TOL = dict(rtol=1e-9, atol=1e-9)
+STD_TOL = dict(rtol=1e-9, atol=1e-5)
 SEED_SPEC = ("dense(512, weight_std=1.5, bias_std=0.05) relu dense(512, weight_std=1.5, bias_std=0.05) relu "
              "dense(1, weight_std=1.5, bias_std=0.05)")
 
@@ -140,9 +143,9 @@ def test_posteriors_equal_predict_on_the_architecture(client, seed_data, t, lr, 
     direct = _direct_posterior(SEED_SPEC, seed_data["x"], seed_data["y"], grid, t, lr, diag_reg)
     for kind, post in direct.items():
         np.testing.assert_allclose(out[kind]["mean"], post.mean.numpy(), **TOL)
-        np.testing.assert_allclose(out[kind]["std"], post.std.numpy(), **TOL)
-        np.testing.assert_allclose(out[kind]["upper"], (post.mean + 2 * post.std).numpy(), **TOL)
-        np.testing.assert_allclose(out[kind]["lower"], (post.mean - 2 * post.std).numpy(), **TOL)
+        np.testing.assert_allclose(out[kind]["std"], post.std.numpy(), **STD_TOL)
+        np.testing.assert_allclose(out[kind]["upper"], (post.mean + 2 * post.std).numpy(), **STD_TOL)
+        np.testing.assert_allclose(out[kind]["lower"], (post.mean - 2 * post.std).numpy(), **STD_TOL)
     theta = ntp.parse_spec(SEED_SPEC).kernel(torch.tensor(seed_data["x"], dtype=torch.float64)).ntk
     limit = ntp.max_stable_learning_rate(ntp.SymmetricPSD(theta, "theta", diag_reg=diag_reg))
     assert out["max_stable_learning_rate"] == pytest.approx(limit, rel=1e-9)
@@ -164,7 +167,7 @@ def test_every_activation_of_the_controls_gives_the_librarys_posterior(client, s
     direct = _direct_posterior(spec, data["x"], data["y"], ntp.interval_grid(15, -1, 1), 1e4, 0.05,
                                diag_reg=1e-6)
     np.testing.assert_allclose(out["gd-ensemble"]["mean"], direct["gd-ensemble"].mean.numpy(), **TOL)
-    np.testing.assert_allclose(out["nngp"]["std"], direct["nngp"].std.numpy(), **TOL)
+    np.testing.assert_allclose(out["nngp"]["std"], direct["nngp"].std.numpy(), **STD_TOL)
 
 
 def test_gd_ensemble_moves_with_time_and_reaches_the_ntk_gp_mean(client, seed_data):
@@ -192,7 +195,7 @@ def test_the_plane_gives_heatmaps_in_image_order(client):
         for i, j in [(0, 0), (2, 5), (6, 1)]:     # row j is x2 = line[j], column i is x1 = line[i]
             np.testing.assert_allclose(test[i * 7 + j], [line[i], line[j]], atol=1e-15)
             assert image[j, i] == pytest.approx(mean[i * 7 + j], rel=1e-12, abs=1e-12)
-        np.testing.assert_allclose(np.array(out[kind]["std_image"]).T.reshape(-1), post.std.numpy(), **TOL)
+        np.testing.assert_allclose(np.array(out[kind]["std_image"]).T.reshape(-1), post.std.numpy(), **STD_TOL)
 
 
 # ============================================================================== eigenmodes

@@ -168,7 +168,7 @@ function drawPosterior() {
   if (trained) traces.push(...trainedTraces());
   if (S.candidate && last.candidate) traces.push(...candidateTraces());
   traces.push(pointTrace());
-  Plotly.react($("posterior"), traces, baseLayout(`posterior mean ± 2 std · ${p.spec}`,
+  Plotly.react($("posterior"), traces, baseLayout("posterior mean ± 2 std given the training points (black)",
     { xaxis: { range: [S.low, S.high], title: { text: "x" } }, yaxis: { range: labelRange(), title: { text: "f(x)" } } }),
     PLOT_CONFIG);
 }
@@ -202,7 +202,8 @@ function candidateTraces() {
 
 function drawHeatmaps() {
   const p = last.posterior, k = p[S.heatKind], axis = p.axis;
-  const common = { xaxis: { title: { text: "x1" }, range: [S.low, S.high] }, yaxis: { title: { text: "x2" }, range: [S.low, S.high], scaleanchor: "x" },
+  const common = { xaxis: { title: { text: "x1" }, range: [S.low, S.high], constrain: "domain" },
+                   yaxis: { title: { text: "x2" }, range: [S.low, S.high], scaleanchor: "x", constrain: "domain" },
                    showlegend: false, uirevision: "heat" };
   const label = KINDS.find((kk) => kk.key === S.heatKind).label;
   Plotly.react($("heat-mean"), [{ type: "heatmap", x: axis, y: axis, z: k.mean_image, colorscale: "RdBu", reversescale: true, zmid: 0, name: "mean", meta: "heat mean" }, pointTrace()],
@@ -234,8 +235,8 @@ function drawCandidate() {
   box.innerHTML = `<h3>candidate label y* = ${fmt(c.y_star)} at x* = (${c.x_star.map(fmt).join(", ")}) under the ${c.kernel.toUpperCase()} prior</h3>
   <ul><li><b>log p(y* | data) = ${fmt(c.conditional_log_prob)}</b>; the kernel predicts μ* = ${fmt(c.mean)}, σ* = ${fmt(c.std)} there,
   so y* lies z = (y* − μ*)/σ* = <b>${fmt(c.z)}</b> standard deviations away: quantile ${fmt(c.quantile)} of the predictive distribution.</li>
-  <li>joint log p(Y, y*) = ${fmt(c.joint_log_prob)} = log p(Y) (${fmt(c.marginal_log_prob)}) + log p(y* | Y). Its ceiling over y* at this x* is
-  log p(Y) + ${fmt(c.peak_log_prob)} (−½ log 2πσ*², reached at y* = μ*).</li>
+  <li>joint log p(Y, y*) = ${fmt(c.joint_log_prob)} = log p(Y) (${fmt(c.marginal_log_prob)}) + log p(y* | Y). Over y* at this x*,
+  log p(y* | Y) is at most −½ log 2πσ*² = ${fmt(c.peak_log_prob)}, reached at y* = μ*.</li>
   <li><i>The seed's "y = 3" puzzle:</i> pushing a test label up looked more and more probable "until y = 3" because the most probable label at a
   test input is exactly the kernel's prediction μ*: log p(y* | Y) is a parabola in y* that peaks at μ*. And a label at <i>another</i> input looked
   "by far the most likely" because joint densities at different inputs have different ceilings (−½ log 2πσ*² depends on x*): compare labels at
