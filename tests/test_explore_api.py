@@ -395,3 +395,24 @@ def test_no_job_status_and_cancel_are_harmless(seed_data):
         assert _ok(c.get("/api/train")) == {"state": "none"}
         assert _ok(c.delete("/api/train")) == {"state": "none"}
 
+
+
+def test_finished_jobs_of_old_clients_are_forgotten_beyond_a_bound(monkeypatch):
+    from ntkprior.app.explore import jobs
+
+    class Finished:
+        running = False
+
+        def __init__(self, plan, time_limit):
+            self.plan = plan
+
+        def status(self):
+            return {"state": "done", "plan": self.plan}
+
+    monkeypatch.setattr(jobs, "Job", Finished)
+    monkeypatch.setattr(jobs.TrainingJobs, "KEEP_FINISHED", 2)
+    pool = jobs.TrainingJobs()
+    for i in range(5):
+        pool.start(f"client {i}", {"i": i})
+    assert list(pool._jobs) == ["client 2", "client 3", "client 4"]     # 2 finished + the newest
+    assert pool.status("client 0") == {"state": "none"} and pool.status("client 4")["plan"] == {"i": 4}

@@ -150,6 +150,9 @@ class Job:
 class TrainingJobs:
     """The jobs of every client: at most one running per client and ``max_jobs`` running in all."""
 
+    #: finished jobs kept for their clients to read (the oldest are forgotten first)
+    KEEP_FINISHED = 32
+
     def __init__(self, time_limit: float = 300.0, max_jobs: int = 2):
         self.time_limit, self.max_jobs = time_limit, max_jobs
         self._jobs: dict[str, Job] = {}
@@ -166,6 +169,10 @@ class TrainingJobs:
             if len(self._running()) >= self.max_jobs:
                 raise ValueError(f"train: {self.max_jobs} training runs are going on this server; try again "
                                  "when one ends")
+            finished = [c for c, job in self._jobs.items() if not job.running and c != client]
+            for old in finished[:max(0, len(finished) - self.KEEP_FINISHED)]:
+                del self._jobs[old]
+            self._jobs.pop(client, None)          # re-inserted last: the dict stays oldest first
             self._jobs[client] = Job(plan, self.time_limit)
             return self._jobs[client].status()
 

@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from ntkprior.app.explore import requests as rq
 from ntkprior.app.explore import views
 from ntkprior.app.explore.jobs import TrainingJobs
+from ntkprior.app.report import jsonable
 
 STATIC = Path(__file__).parent / "static"
 #: the cookie that tells one page (client) from another, for the one-job-per-client rule
@@ -151,5 +152,4 @@ def create_app(*, time_limit: float = 300.0, max_jobs: int = 2) -> FastAPI:
 
 def _json(payload: dict) -> JSONResponse:
     """Non-finite floats (an infinite stability limit, say) as strings: JSON has no inf."""
-    from ntkprior.app.report import jsonable
     return JSONResponse(jsonable(payload))

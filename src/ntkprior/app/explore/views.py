@@ -2,11 +2,10 @@
 
 Every function takes a validated request (:mod:`ntkprior.app.explore.requests`) and returns plain
 JSON-able dicts. The kernels of the training points and of the test grid are computed once per
-request (``arch.kernel`` on ``[X; X*]``) and handed to the library as precomputed
-:class:`~ntkprior.prior.sources.KernelBlocks`, so the three posteriors, the stability limit and the
-eigenmodes of one picture share one kernel evaluation; the numbers are those of
-``predict(arch, ...)``, ``eigenmodes(arch, ...)``, ... called on the architecture itself (the API
-tests check that).
+request (``arch.kernel``: train-train, test-train and the test diagonal) and handed to the library
+as precomputed :class:`~ntkprior.prior.sources.KernelBlocks`, so the three posteriors and the
+stability limit of one picture share them; the numbers are those of ``predict(arch, ...)``,
+``eigenmodes(arch, ...)``, ... called on the architecture itself (the API tests check that).
 """
 
 from __future__ import annotations
@@ -90,7 +89,7 @@ def _inputs(rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def test_grid(req: rq.Problem) -> torch.Tensor:
+def grid_inputs(req: rq.Problem) -> torch.Tensor:
     """The test points: ``interval_grid`` on a line, or its n x n product on the plane (rows: x2 fastest)."""
     line = interval_grid(req.grid.n, req.grid.low, req.grid.high)
     if req.data.dim == 1:
@@ -100,8 +99,8 @@ def test_grid(req: rq.Problem) -> torch.Tensor:
 
 
 def kernel_blocks(net: Serial, x: torch.Tensor, x_test: torch.Tensor) -> dict:
-    """``{"ntk": KernelBlocks, "nngp": KernelBlocks}`` on training inputs x and test inputs x_test,
-    from one evaluation of ``net.kernel`` on ``[x; x_test]`` (test-test block: its diagonal)."""
+    """``{"ntk": KernelBlocks, "nngp": KernelBlocks}`` on training inputs x and test inputs x_test
+    (test-test block: only its diagonal, enough for predictive standard deviations)."""
     k_train = net.kernel(x)
     k_cross = net.kernel(x_test, x)
     k_diag = net.kernel(x_test, diagonal=True)
@@ -116,7 +115,7 @@ class Picture:
         self.net = architecture(req.arch)
         self.x = _inputs(req.data.x)
         self.y = torch.tensor(req.data.y, dtype=torch.float64)
-        self.x_test = test_grid(req)
+        self.x_test = grid_inputs(req)
         self.blocks = kernel_blocks(self.net, self.x, self.x_test)
         self.diag_reg = req.diag_reg
 
@@ -268,6 +267,6 @@ def training_plan(req: rq.TrainRequest) -> dict:
     if size * req.ensemble > MAX_TRAINED_PARAMETERS:
         raise ValueError(f"width, ensemble: {req.ensemble} networks of {size} parameters exceed the "
                          f"explorer's {MAX_TRAINED_PARAMETERS:.0e}; use a smaller width or fewer networks")
-    return {"spec": str(net), "x": req.data.x, "y": req.data.y, "x_test": _listed(test_grid(req)),
+    return {"spec": str(net), "x": req.data.x, "y": req.data.y, "x_test": _listed(grid_inputs(req)),
             "steps": req.steps, "learning_rate": req.learning_rate, "ensemble": req.ensemble,
             "seed": req.seed, "width": req.width}
