@@ -11,6 +11,7 @@ deviations, square roots of variances that vanish at the training points); the n
 through JSON, which keeps float64 exactly (17 significant digits).
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -183,6 +184,23 @@ def test_a_candidate_label_shows_log_p_from_the_library(page):
     text = page.inner_text("#candidate")
     assert "log p(y* | data)" in text and "y = 3" in text
     assert _trace(page, "candidate") is not None
+
+
+def test_downloads_give_the_figure_and_the_numbers(page, tmp_path):
+    with page.expect_download() as download:
+        page.click("#json")
+    saved = tmp_path / "numbers.json"
+    download.value.save_as(saved)
+    numbers = json.loads(saved.read_text())
+    assert numbers["posterior"] == page.evaluate("window.explore.last.posterior")
+    assert numbers["state"]["data"] == page.evaluate("window.explore.state.data")
+    assert numbers["training"]["mean"] == page.evaluate("window.explore.trained().result.mean")
+    for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<svg")):
+        with page.expect_download() as download:
+            page.click(f"#{fmt}")
+        path = tmp_path / f"figure.{fmt}"
+        download.value.save_as(path)
+        assert path.read_bytes()[:4] == magic[:4] and path.stat().st_size > 10_000
 
 
 def test_the_link_reproduces_the_page_and_a_screenshot_is_kept(page, tmp_path):

@@ -91,6 +91,38 @@ def test_server_starts_on_a_free_port_serves_the_page_and_stops_on_ctrl_c():
         assert "Traceback" not in proc.stderr.read()
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_stopping_the_server_stops_its_training_runs():
+    x, y = [[-1.0], [0.5], [2.0]], [0.1, -0.3, 0.8]
+    body = json.dumps({"data": {"x": x, "y": y}, "width": 512, "steps": 20_000, "ensemble": 16}).encode()
+    with running_server() as (url, proc):
+        request = urllib.request.Request(url + "api/train", data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["state"] == "running"
+        children = _children(proc.pid)
+        assert children, "the training run has no child process"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        # checked at once: the server kills and reaps its children before it exits (an orphan would
+        # only die later, at its next write to the closed pipe)
+        assert not [c for c in children if os.path.exists(f"/proc/{c}")]
+
+
 def test_a_taken_port_is_one_line_and_exit_code_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

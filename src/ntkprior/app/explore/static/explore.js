@@ -511,4 +511,14 @@ window.explore = { state: S, last, idle: () => inflight === 0 && !pending, versi
   if (!loadState()) S.data = copyPreset("sin");
   syncControls();
   refresh();
+  resumeTraining();
 })();
+
+// After a reload, follow a training run this client started before (the server remembers it).
+async function resumeTraining() {
+  try {
+    if ((await api("/api/train")).state !== "running") return;
+  } catch (e) { return; }
+  $("cancel").disabled = false; $("train").disabled = true; $("progress").hidden = false;
+  polling = setInterval(pollTraining, 400);
+}
