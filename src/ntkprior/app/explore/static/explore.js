@@ -220,7 +220,7 @@ function drawEigen() {
   const fx = e.x_test.map((r) => r[0]);
   const functions = S.dim === 1 ? e.functions.map((f, i) => ({ x: fx, y: f, mode: "lines", name: `φ${i + 1}`, meta: "eigenfunction" })) : [];
   Plotly.react($("functions"), functions, baseLayout(S.dim === 1 ? `first ${e.functions.length} eigenfunctions (Nyström)` : "eigenfunctions: shown on a line only",
-    { xaxis: { title: { text: "x" } }, legend: { orientation: "h", y: -0.2 } }), PLOT_CONFIG);
+    { margin: { l: 50, r: 10, t: 30, b: 50 }, legend: { orientation: "h", y: -0.18 } }), PLOT_CONFIG);
   Plotly.react($("weights"), [{ x: modes, y: e.contribution, type: "bar", name: "(v_i·y)²/λ_i", meta: "contribution",
       customdata: e.projection.map((p, i) => [p, e.cumulative[i]]),
       hovertemplate: "mode %{x}: (v·y)²/λ = %{y:.4g}<br>v·y = %{customdata[0]:.4g}, cumulative share %{customdata[1]:.3f}<extra></extra>" }],
