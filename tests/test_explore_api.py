@@ -284,6 +284,14 @@ def test_non_finite_numbers_are_refused(client):
     _error(client.post("/api/posterior", content=b"{not json", headers={"content-type": "application/json"}), 422)
 
 
+def test_only_json_bodies_are_read_so_other_sites_cannot_post(client, seed_data):
+    import json
+    body = json.dumps({"data": seed_data}).encode()
+    _ok(client.post("/api/posterior", content=body, headers={"content-type": "application/json"}))
+    for path in ("/api/posterior", "/api/train"):          # a form or text/plain post needs no preflight
+        _error(client.post(path, content=body, headers={"content-type": "text/plain"}), 422)
+
+
 def test_library_warnings_reach_the_page(client):
     out = _ok(client.post("/api/posterior", json={"data": {"x": [[0.0], [0.5]], "y": [0.0, 1.0]},
                                                   "learning_rate": 1000.0}))

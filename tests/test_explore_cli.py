@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -78,7 +79,7 @@ def test_help_names_every_option_with_an_example():
         assert word in result.output
 
 
-def test_server_starts_on_a_free_port_serves_the_page_and_stops_on_ctrl_c():
+def test_server_starts_on_a_free_port_serves_the_page_refuses_other_hosts_and_stops_on_ctrl_c():
     with running_server() as (url, proc):
         with urllib.request.urlopen(url, timeout=10) as page:
             assert b"ntkprior explore" in page.read()
@@ -86,6 +87,10 @@ def test_server_starts_on_a_free_port_serves_the_page_and_stops_on_ctrl_c():
             assert "relu" in json.loads(options.read())["activations"]
         with urllib.request.urlopen(url + "plotly.min.js", timeout=10) as script:
             assert len(script.read()) > 1_000_000
+        rebound = urllib.request.Request(url, headers={"Host": "attacker.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 400
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) in (0, 130)          # 130: uvicorn re-raises SIGINT after a clean shutdown
         assert "Traceback" not in proc.stderr.read()

@@ -10,6 +10,8 @@ import typer
 from ntkprior.app.cli.base import app, example, fails_cleanly
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: the Host headers a loopback server answers (anything else is another site's page: DNS rebinding)
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -56,7 +58,9 @@ def explore(host: str = typer.Option("127.0.0.1", "--host", help="address to lis
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"
     if host not in LOOPBACK:
         typer.echo(f"warning: listening on {host}: anyone who can reach it can use the explorer", err=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(time_limit=time_limit), log_level="warning"))
+    allowed = LOOPBACK_HOSTS if host in ("127.0.0.1", "localhost") else None
+    server = uvicorn.Server(uvicorn.Config(create_app(time_limit=time_limit, allowed_hosts=allowed),
+                                           log_level="warning"))
     typer.echo(f"ntkprior explore: {url}  (Ctrl-C stops it)")
     if not no_browser:
         webbrowser.open(url)

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ntkprior.app.explore import requests as rq
 from ntkprior.app.explore import views
@@ -69,9 +70,12 @@ def _for_client(request: Request, respond):
     return response
 
 
-def create_app(*, time_limit: float = 300.0, max_jobs: int = 2) -> FastAPI:
+def create_app(*, time_limit: float = 300.0, max_jobs: int = 2, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The explorer as an ASGI app; training jobs are killed after ``time_limit`` seconds, and at most
-    ``max_jobs`` run at once (one per client)."""
+    ``max_jobs`` run at once (one per client). ``allowed_hosts``: the only Host headers answered
+    (a page of another site that resolves its name to 127.0.0.1 is refused: DNS rebinding); None
+    answers any. Cross-site pages cannot post either: the API takes only ``application/json``,
+    which a browser sends cross-site only after a CORS preflight that this server never grants."""
     jobs = TrainingJobs(time_limit=time_limit, max_jobs=max_jobs)
     script = plotly_js()
 
@@ -82,6 +86,8 @@ def create_app(*, time_limit: float = 300.0, max_jobs: int = 2) -> FastAPI:
 
     app = FastAPI(title="ntkprior explore", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(RequestValidationError)
     async def refused(request, exc):
