@@ -92,6 +92,9 @@ def test_options_list_the_presets_and_every_activation_of_the_grammar(client):
     assert set(out["presets"]) == {"sin", "step", "alternation"}
     assert out["presets"]["alternation"]["y"][:3] == [1.0, -1.0, 1.0]
     assert out["presets"]["step"]["y"] == np.sign(np.linspace(-3, 3, 8)).tolist()
+    assert out["limits"]["width"] == rq.MAX_WIDTH and out["limits"]["steps"] == rq.MAX_STEPS
+    page = client.get("/").text
+    assert all(f'id="{name}"' in page for name in out["limits"])      # each limit bounds a control
 
 
 # ============================================================================== architecture
@@ -218,6 +221,21 @@ def test_eigenmodes_equal_the_library(client, seed_data, kernel):
     condition = float(modes.values[0] / modes.values[-1])
     cholesky = ntp.KernelPrior.from_arch(arch, x, kernel=kernel).rkhs_norm(y)
     assert out["rkhs_norm2"] == pytest.approx(cholesky, rel=100 * condition * np.finfo(float).eps)
+
+
+def test_eigenfunctions_on_the_plane_come_as_images_too(client):
+    x = [[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [0.3, 0.1]]
+    out = _ok(client.post("/api/eigen", json={"data": {"x": x, "y": [1, 1, -1, -1, 0]}, "k": 2,
+                                              "grid": {"low": -2, "high": 2, "n": 5}}))
+    functions, images = np.array(out["functions"]), np.array(out["function_images"])
+    assert functions.shape == (2, 25) and images.shape == (2, 5, 5)
+    test = np.array(out["x_test"])
+    direct = ntp.eigenmodes(ntp.parse_spec(SEED_SPEC), torch.tensor(x, dtype=torch.float64), k=2).functions(
+        torch.tensor(test, dtype=torch.float64))
+    np.testing.assert_allclose(functions, direct.numpy().T, **TOL)
+    for i, j in [(0, 4), (3, 1)]:                 # row j is x2 = axis[j], column i is x1 = axis[i]
+        assert test[i * 5 + j].tolist() == [out["axis"][i], out["axis"][j]]
+        np.testing.assert_allclose(images[:, j, i], functions[:, i * 5 + j], rtol=0, atol=0)
 
 
 def test_eigenmodes_ask_for_more_than_the_data_have(client, seed_data):

@@ -121,7 +121,7 @@ def test_dragging_moves_the_point_and_right_click_removes_it(page):
     # right-click where the point now is removes it
     pixel = page.evaluate("() => { const gd = document.getElementById('posterior'), l = gd._fullLayout,"
                           " b = gd.getBoundingClientRect(), s = window.explore.state;"
-                          " return [b.left + l._size.l + l.xaxis.l2p(s.data.x[5][0]), b.top + l._size.t + l.yaxis.l2p(s.data.y[5])]; }")
+                          " return [b.left + l.xaxis._offset + l.xaxis.l2p(s.data.x[5][0]), b.top + l.yaxis._offset + l.yaxis.l2p(s.data.y[5])]; }")
     assert moved_y < 1.0
     page.mouse.click(*pixel, button="right")
     _settled(page, version)
@@ -217,3 +217,28 @@ def test_the_link_reproduces_the_page_and_a_screenshot_is_kept(page, tmp_path):
     _settled(page, 0)
     again = page.evaluate("window.explore.state")
     assert again["data"] == state["data"] and again["logT"] == state["logT"] and again["candidate"] == state["candidate"]
+
+
+def test_the_plane_shows_heatmaps_and_a_click_adds_a_point_where_it_lands(page):
+    version = page.evaluate("window.explore.version()")
+    page.select_option("#mouse", "points")
+    version = _settled(page, version)
+    page.select_option("#dim", "2")
+    version = _settled(page, version)
+    assert page.is_visible("#heat-mean") and not page.is_visible("#posterior")
+    # the pixel of (x1, x2) = (1, -1) on the mean heatmap, from plotly's own axes
+    pixel = page.evaluate("() => { const gd = document.getElementById('heat-mean'), l = gd._fullLayout,"
+                          " b = gd.getBoundingClientRect();"
+                          " return [b.left + l.xaxis._offset + l.xaxis.l2p(1), b.top + l.yaxis._offset + l.yaxis.l2p(-1)]; }")
+    page.mouse.click(*pixel)
+    _settled(page, version)
+    data = page.evaluate("window.explore.state.data")
+    assert len(data["x"]) == 5
+    np.testing.assert_allclose(data["x"][-1], [1.0, -1.0], atol=0.05)       # within a pixel or two
+    image = page.evaluate("Array.from(document.getElementById('heat-mean').data[0].z, r => Array.from(r))")
+    x, y = torch.tensor(data["x"], dtype=torch.float64), torch.tensor(data["y"], dtype=torch.float64)
+    line = ntp.interval_grid(30, -4, 4)[:, 0]
+    grid = torch.cartesian_prod(line, line)                                 # rows: x1 slow, x2 fast
+    t = page.evaluate("window.explore.last.posterior.t")                   # as the slider left it
+    mean = ntp.predict(ntp.parse_spec(SEED_SPEC), x, y, grid, "gd-ensemble", t=t, learning_rate=0.05).mean
+    np.testing.assert_allclose(np.array(image).T.reshape(-1), mean.numpy(), **TOL)

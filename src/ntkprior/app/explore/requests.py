@@ -37,9 +37,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-Coordinate = Field(ge=-BOUND, le=BOUND)
-
-
 class Data(_Strict):
     """Training points: ``x`` (n, d) with d = 1 (a line) or 2 (a plane), labels ``y`` (n,)."""
 

@@ -173,9 +173,10 @@ def _summary(post, side: int | None) -> dict:
 
 def options() -> dict:
     """What the page's controls offer, and the explorer's limits."""
-    return {"activations": list(rq.ACTIVATIONS), "max_points": rq.MAX_POINTS, "max_grid": rq.MAX_GRID,
-            "max_grid_side": rq.MAX_GRID_SIDE, "max_width": rq.MAX_WIDTH, "max_steps": rq.MAX_STEPS,
-            "max_ensemble": rq.MAX_ENSEMBLE, "max_modes": rq.MAX_MODES, "presets": presets()}
+    return {"activations": list(rq.ACTIVATIONS), "presets": presets(),
+            "limits": {"depth": rq.MAX_DEPTH, "width": rq.MAX_WIDTH, "steps": rq.MAX_STEPS,
+                       "ensemble": rq.MAX_ENSEMBLE, "eigen-k": rq.MAX_MODES, "weight-std": rq.MAX_STD,
+                       "bias-std": rq.MAX_STD}}
 
 
 def eigen_view(req: rq.EigenRequest) -> dict:
@@ -191,11 +192,16 @@ def _eigen(req: rq.EigenRequest) -> dict:
     modes = eigenmodes(blocks.train, kernel=req.kernel)
     shown = replace(modes, values=modes.values[:k], vectors=modes.vectors[:, :k])
     table = pic.prior(req.kernel).modes(pic.y)
-    return {"spec": str(pic.net), "kernel": req.kernel, "x_test": _listed(pic.x_test),
-            "eigenvalues": _listed(modes.values),
-            "functions": _listed(shown.functions(cross=blocks.test_train).T),
-            "projection": _listed(table.projection), "contribution": _listed(table.contribution),
-            "cumulative": _listed(table.cumulative_share), "rkhs_norm2": table.total}
+    functions = shown.functions(cross=blocks.test_train).T                 # (k, n_test)
+    out = {"spec": str(pic.net), "kernel": req.kernel, "x_test": _listed(pic.x_test),
+           "eigenvalues": _listed(modes.values), "functions": _listed(functions),
+           "projection": _listed(table.projection), "contribution": _listed(table.contribution),
+           "cumulative": _listed(table.cumulative_share), "rkhs_norm2": table.total}
+    if req.data.dim == 2:
+        side = req.grid.n
+        out["axis"] = _listed(interval_grid(side, req.grid.low, req.grid.high)[:, 0])
+        out["function_images"] = _listed(functions.reshape(k, side, side).transpose(1, 2))
+    return out
 
 
 def candidate_view(req: rq.CandidateRequest) -> dict:

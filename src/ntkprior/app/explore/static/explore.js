@@ -217,10 +217,18 @@ function drawEigen() {
   Plotly.react($("spectrum"), [{ x: modes, y: e.eigenvalues, mode: "markers+lines", name: "λ_i", meta: "eigenvalues" }],
     baseLayout(`spectrum of the ${e.kernel.toUpperCase()} on the data`, { yaxis: { type: "log", title: { text: "eigenvalue" } },
       xaxis: { title: { text: "mode i" }, dtick: 1 }, showlegend: false }), PLOT_CONFIG);
-  const fx = e.x_test.map((r) => r[0]);
-  const functions = S.dim === 1 ? e.functions.map((f, i) => ({ x: fx, y: f, mode: "lines", name: `φ${i + 1}`, meta: "eigenfunction" })) : [];
-  Plotly.react($("functions"), functions, baseLayout(S.dim === 1 ? `first ${e.functions.length} eigenfunctions (Nyström)` : "eigenfunctions: shown on a line only",
-    { margin: { l: 50, r: 10, t: 30, b: 50 }, legend: { orientation: "h", y: -0.18 } }), PLOT_CONFIG);
+  if (S.dim === 1) {
+    const fx = e.x_test.map((r) => r[0]);
+    Plotly.react($("functions"), e.functions.map((f, i) => ({ x: fx, y: f, mode: "lines", name: `φ${i + 1}`, meta: "eigenfunction" })),
+      baseLayout(`first ${e.functions.length} eigenfunctions (Nyström)`,
+        { margin: { l: 50, r: 10, t: 30, b: 50 }, legend: { orientation: "h", y: -0.18 } }), PLOT_CONFIG);
+  } else {                        // on the plane: the last of the first k, so the k box flips through them
+    const k = e.function_images.length;
+    Plotly.react($("functions"), [{ type: "heatmap", x: e.axis, y: e.axis, z: e.function_images[k - 1], colorscale: "RdBu",
+                                    zmid: 0, meta: "eigenfunction image" }, pointTrace()],
+      baseLayout(`eigenfunction φ${k} (Nyström; "first" picks which)`, { showlegend: false,
+        xaxis: { constrain: "domain" }, yaxis: { scaleanchor: "x", constrain: "domain" } }), PLOT_CONFIG);
+  }
   Plotly.react($("weights"), [{ x: modes, y: e.contribution, type: "bar", name: "(v_i·y)²/λ_i", meta: "contribution",
       customdata: e.projection.map((p, i) => [p, e.cumulative[i]]),
       hovertemplate: "mode %{x}: (v·y)²/λ = %{y:.4g}<br>v·y = %{customdata[0]:.4g}, cumulative share %{customdata[1]:.3f}<extra></extra>" }],
@@ -257,11 +265,13 @@ function drawLearningRate() {
 }
 
 // ------------------------------------------------------------------ mouse: add, drag, remove, pick
+// Pixels relative to each axis's own origin (_offset): with a square (constrained) plot the axes
+// do not start at the plot margin.
 function plotCoordinates(gd, ev) {
-  const layout = gd._fullLayout, box = gd.getBoundingClientRect();
-  const px = ev.clientX - box.left - layout._size.l, py = ev.clientY - box.top - layout._size.t;
-  const inside = px >= 0 && py >= 0 && px <= layout._size.w && py <= layout._size.h;
-  return { x: layout.xaxis.p2l(px), y: layout.yaxis.p2l(py), px, py, inside };
+  const { xaxis, yaxis } = gd._fullLayout, box = gd.getBoundingClientRect();
+  const px = ev.clientX - box.left - xaxis._offset, py = ev.clientY - box.top - yaxis._offset;
+  const inside = px >= 0 && py >= 0 && px <= xaxis._length && py <= yaxis._length;
+  return { x: xaxis.p2l(px), y: yaxis.p2l(py), px, py, inside };
 }
 
 function pointPixels(gd, i) {
@@ -506,6 +516,7 @@ window.explore = { state: S, last, idle: () => inflight === 0 && !pending, versi
 (async function start() {
   try { OPTIONS = await api("/api/options"); } catch (e) { showError(e.message); return; }
   $("activation").innerHTML = OPTIONS.activations.map((a) => `<option>${a}</option>`).join("");
+  for (const [id, limit] of Object.entries(OPTIONS.limits)) $(id).max = limit;   // the server's bounds
   $("preset").innerHTML = `<option value="">choose…</option>` +
     Object.entries(OPTIONS.presets).map(([k, p]) => `<option value="${k}">${escapeHtml(p.label)}</option>`).join("");
   if (!loadState()) S.data = copyPreset("sin");
