@@ -74,7 +74,8 @@ def diagnosis_payload(verdict, caught: list) -> dict:
     return jsonable({
         "members": run.test_outputs[:, -1, :, 0], "initial": run.test_outputs[:, 0, :, 0],
         "mean": verdict.ensemble_mean[:, 0], "lee_mean": verdict.lee_mean[:, 0], "lee_std": verdict.lee_std,
-        "loss": run.loss[:, -1], "in_kernel_regime": verdict.in_kernel_regime, "reasons": verdict.reasons,
+        "loss": run.loss[:, -1], "in_kernel_regime": verdict.in_kernel_regime,
+        "answers": verdict.answers(), "verdicts": verdict.verdicts, "reasons": verdict.reasons,
         "checks": [{"name": c.name, "passed": c.passed, "sentence": c.sentence} for c in verdict.checks],
         "notes": verdict.notes, "text": str(verdict), "warnings": list(dict.fromkeys(caught)),
         "steps": verdict.steps, "learning_rate": verdict.learning_rate,

@@ -484,9 +484,11 @@ function drawVerdict(r) {
   const rows = r.checks.map((c) => `<li><span class="${c.passed ? "good" : "bad"}">${c.passed ? "ok" : "FAIL"}</span> <b>${c.name}</b>: ${escapeHtml(c.sentence)}</li>`).join("");
   const notes = r.notes.map((n) => `<li>note: ${escapeHtml(n)}</li>`).join("");
   const warns = r.warnings.map((n) => `<li class="bad">warning: ${escapeHtml(n)}</li>`).join("");
+  const [headline, ...others] = r.answers;          // the library's answers: does it match now? converged? will it stay?
+  const answers = others.map((a) => `<li><b>${escapeHtml(a)}</b></li>`).join("");
   box.innerHTML = `<h3>diagnose: ${r.ensemble} networks, ${r.steps} steps, η = ${fmt(r.learning_rate)} —
-    <span class="${r.in_kernel_regime ? "good" : "bad"}">${r.in_kernel_regime ? "in the kernel regime" : "NOT in the kernel regime"}</span></h3>
-    <ul>${rows}${notes}${warns}</ul>`;
+    <span class="${r.verdicts.matches_kernel ? "good" : "bad"}">${escapeHtml(headline)}</span></h3>
+    <ul>${answers}${rows}${notes}${warns}</ul>`;
 }
 
 function escapeHtml(s) { return String(s).replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[c])); }
