@@ -190,7 +190,7 @@ def test_tile_source_pickles_after_use_and_in_the_middle_of_a_tile(arch, x):
     pickled: a transfer of the live model to another worker failed then, and its task waited forever."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
     for obj in (arch, model):
-        source = TileSource(obj, "ntk")
+        source = TileSource(obj, "ntk", shipped=True)
         first = kernel_block(source, x[:10], None)
         assert np.array_equal(kernel_block(cloudpickle.loads(cloudpickle.dumps(source)), x[:10], None), first)
     outcomes = []

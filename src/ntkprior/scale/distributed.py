@@ -51,11 +51,12 @@ CONNECT_TIMEOUT = 5
 class TileSource:
     """What computes a tile: an architecture (``.kernel``) or a torch model (empirical NTK).
 
-    Picklable at every moment: it ships a snapshot of the object, pickled (with cloudpickle,
-    which carries lambdas and closures by value) when the source is made, never the live
-    object, so nothing attached to the object while it computes a tile (forward hooks holding
-    tensors with autograd history, caches, generators) can make a transfer to another worker
-    fail. Such a failure used to leave the task waiting forever (FACTS.md).
+    Picklable at every moment (``shipped=True``, as :func:`kernel_matrix` makes it): it ships a
+    snapshot of the object, pickled (with cloudpickle, which carries lambdas and closures by
+    value) when the source is made, never the live object. In the middle of a tile, torch.func
+    has swapped a model's parameters for TensorWrappers, which cannot be pickled ("Cannot access
+    storage of TensorWrapper"); a worker asked for the scattered source at that moment failed the
+    transfer, and the task that needed it waited forever (FACTS.md).
 
     ``digest`` identifies the kernel beyond its printed ``spec``: the code and closures of the
     functions inside (two ``Elementwise`` layers named alike but wrapping tanh and sin differ),
@@ -63,7 +64,7 @@ class TileSource:
     store is never resumed.
     """
 
-    def __init__(self, arch_or_model, kind: str):
+    def __init__(self, arch_or_model, kind: str, *, shipped: bool = False):
         if kind not in ("ntk", "nngp"):
             raise ValueError(f"kind: expected 'ntk' or 'nngp', got {kind!r}")
         self.kind = kind
@@ -79,7 +80,7 @@ class TileSource:
             raise ValueError(f"arch_or_model: expected an architecture (such as ntkprior.serial(...)) or "
                              f"a torch.nn.Module, got {type(arch_or_model).__name__}")
         self.digest = source_digest(arch_or_model)
-        self._payload = _snapshot(arch_or_model)
+        self._payload = _snapshot(arch_or_model) if shipped else None
         self._obj = arch_or_model
 
     @property
@@ -90,7 +91,8 @@ class TileSource:
         return self._obj
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_obj": None}
+        payload = self._payload if self._payload is not None else _snapshot(self._obj)
+        return {**self.__dict__, "_payload": payload, "_obj": None}
 
 
 def _snapshot(obj) -> bytes:
@@ -301,7 +303,7 @@ def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zar
     not answer within :data:`CONNECT_TIMEOUT` seconds is a ``ValueError``.
     Returns the finished store as a :class:`~ntkprior.scale.stored.StoredKernel`.
     """
-    source = TileSource(arch_or_model, kind)
+    source = TileSource(arch_or_model, kind, shipped=True)
     x1, x2, block = _check_inputs(x1, x2, block)
     if not isinstance(torch_threads, int) or isinstance(torch_threads, bool) or torch_threads < 1:
         raise ValueError(f"torch_threads: expected a positive integer, got {torch_threads!r}")
