@@ -33,7 +33,7 @@ import torch
 
 from ntkprior.data import as_inputs, check_same_features
 from ntkprior.scale.stored import (ATTRS_KEY, CHECKSUM, DONE, FORMAT, KERNEL, StoredKernel, block_pairs,
-                                   missing_blocks, require, spans, store_location, tile_checksum)
+                                   inputs_digest, missing_blocks, require, spans, store_location, tile_checksum)
 
 #: glibc malloc thresholds for workers. Dask sets MALLOC_TRIM_THRESHOLD_=65536, which freezes
 #: glibc's dynamic mmap threshold and hands freed heap back at once, so every large torch
@@ -331,15 +331,10 @@ def _check_inputs(x1, x2, block):
 
 
 def _metadata(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, block: int) -> dict:
-    digest = hashlib.sha256()
-    for x in (x1, x2):
-        if x is not None:
-            digest.update(repr(tuple(x.shape)).encode())
-            digest.update(x.contiguous().numpy().tobytes())
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     return {"format": FORMAT, "kind": source.kind, "spec": source.spec, "source_digest": source.digest,
-            "inputs_digest": digest.hexdigest(), "shape": [x1.shape[0], n2], "block": block,
-            "symmetric": x2 is None}
+            "inputs_digest": inputs_digest(x1.numpy(), None if x2 is None else x2.numpy()),
+            "shape": [x1.shape[0], n2], "block": block, "symmetric": x2 is None}
 
 
 def _open_or_create(location: str, source, x1, x2, block: int, overwrite: bool):
