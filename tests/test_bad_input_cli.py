@@ -88,6 +88,8 @@ CASES = {
                                      "{d}/R"], "y_train"),
     "store over the user's directory": (["kernel", "--arch", SPEC, "--x1", "{d}/x.npy", "--store", "{d}"],
                                         "holds other data, not an ntkprior kernel store"),
+    "stall timeout not positive": (["kernel", "--arch", SPEC, "--x1", "{d}/x.npy", "--store", "{d}/K.zarr",
+                                    "--stall-timeout", "0"], "stall_timeout"),
     "store is a file": (["kernel", "--arch", SPEC, "--x1", "{d}/x.npy", "--store", "{d}/x.npy"], "store"),
 }
 

@@ -141,6 +141,15 @@ def test_values_written_behind_the_store_s_back_are_caught(client, arch, x, tmp_
         StoredKernel(store).load()
 
 
+def test_inputs_changed_on_disk_are_caught(client, arch, x, tmp_path):
+    store = tmp_path / "K.zarr"
+    kernel_matrix(arch, x, x[:70], store=store, block=BLOCK, client=client)
+    assert torch.equal(StoredKernel(store).x2, x[:70])
+    zarr.open_group(str(store), mode="r+")["x2"][3, 1] = 0.5
+    with pytest.raises(CorruptTileError, match="inputs x1/x2 do not match the digest"):
+        StoredKernel(store).x2
+
+
 # --- identifying the kernel source ---------------------------------------------------------------
 
 def test_same_spec_different_function_is_not_resumed(client, x, tmp_path):
@@ -190,7 +199,7 @@ def test_tile_source_pickles_after_use_and_in_the_middle_of_a_tile(arch, x):
     pickled: a transfer of the live model to another worker failed then, and its task waited forever."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
     for obj in (arch, model):
-        source = TileSource(obj, "ntk")
+        source = TileSource(obj, "ntk", shipped=True)
         first = kernel_block(source, x[:10], None)
         assert np.array_equal(kernel_block(cloudpickle.loads(cloudpickle.dumps(source)), x[:10], None), first)
     outcomes = []

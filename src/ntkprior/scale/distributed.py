@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from ntkprior.data import as_inputs, check_same_features
+from ntkprior.scale import STALL_TIMEOUT
 from ntkprior.scale.stored import (ATTRS_KEY, CHECKSUM, DONE, FORMAT, KERNEL, StoredKernel, block_pairs,
-                                   missing_blocks, require, spans, store_location, tile_checksum)
+                                   inputs_digest, missing_blocks, require, spans, store_location, tile_checksum)
 
 #: glibc malloc thresholds for workers. Dask sets MALLOC_TRIM_THRESHOLD_=65536, which freezes
 #: glibc's dynamic mmap threshold and hands freed heap back at once, so every large torch
@@ -42,8 +43,6 @@ from ntkprior.scale.stored import (ATTRS_KEY, CHECKSUM, DONE, FORMAT, KERNEL, St
 #: faults and 0.03 s instead of 5 faults and 0.02 s). Both at 1 GiB: temporaries come from the
 #: heap and freed memory is reused; a worker keeps up to its high-water mark (about 1 GB).
 WORKER_MALLOC_THRESHOLD = 1 << 30
-#: Seconds without a finished tile after which kernel_matrix gives up (the store stays resumable).
-STALL_TIMEOUT = 600.0
 #: Seconds to wait for a scheduler address to answer.
 CONNECT_TIMEOUT = 5
 
@@ -51,11 +50,12 @@ CONNECT_TIMEOUT = 5
 class TileSource:
     """What computes a tile: an architecture (``.kernel``) or a torch model (empirical NTK).
 
-    Picklable at every moment: it ships a snapshot of the object, pickled (with cloudpickle,
-    which carries lambdas and closures by value) when the source is made, never the live
-    object, so nothing attached to the object while it computes a tile (forward hooks holding
-    tensors with autograd history, caches, generators) can make a transfer to another worker
-    fail. Such a failure used to leave the task waiting forever (FACTS.md).
+    Picklable at every moment (``shipped=True``, as :func:`kernel_matrix` makes it): it ships a
+    snapshot of the object, pickled (with cloudpickle, which carries lambdas and closures by
+    value) when the source is made, never the live object. In the middle of a tile, torch.func
+    has swapped a model's parameters for TensorWrappers, which cannot be pickled ("Cannot access
+    storage of TensorWrapper"); a worker asked for the scattered source at that moment failed the
+    transfer, and the task that needed it waited forever (FACTS.md).
 
     ``digest`` identifies the kernel beyond its printed ``spec``: the code and closures of the
     functions inside (two ``Elementwise`` layers named alike but wrapping tanh and sin differ),
@@ -63,7 +63,7 @@ class TileSource:
     store is never resumed.
     """
 
-    def __init__(self, arch_or_model, kind: str):
+    def __init__(self, arch_or_model, kind: str, *, shipped: bool = False):
         if kind not in ("ntk", "nngp"):
             raise ValueError(f"kind: expected 'ntk' or 'nngp', got {kind!r}")
         self.kind = kind
@@ -79,7 +79,7 @@ class TileSource:
             raise ValueError(f"arch_or_model: expected an architecture (such as ntkprior.serial(...)) or "
                              f"a torch.nn.Module, got {type(arch_or_model).__name__}")
         self.digest = source_digest(arch_or_model)
-        self._payload = _snapshot(arch_or_model)
+        self._payload = _snapshot(arch_or_model) if shipped else None
         self._obj = arch_or_model
 
     @property
@@ -90,7 +90,8 @@ class TileSource:
         return self._obj
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_obj": None}
+        payload = self._payload if self._payload is not None else _snapshot(self._obj)
+        return {**self.__dict__, "_payload": payload, "_obj": None}
 
 
 def _snapshot(obj) -> bytes:
@@ -301,7 +302,7 @@ def kernel_matrix(arch_or_model, x1, x2=None, *, kind: str = "ntk", store="K.zar
     not answer within :data:`CONNECT_TIMEOUT` seconds is a ``ValueError``.
     Returns the finished store as a :class:`~ntkprior.scale.stored.StoredKernel`.
     """
-    source = TileSource(arch_or_model, kind)
+    source = TileSource(arch_or_model, kind, shipped=True)
     x1, x2, block = _check_inputs(x1, x2, block)
     if not isinstance(torch_threads, int) or isinstance(torch_threads, bool) or torch_threads < 1:
         raise ValueError(f"torch_threads: expected a positive integer, got {torch_threads!r}")
@@ -329,15 +330,10 @@ def _check_inputs(x1, x2, block):
 
 
 def _metadata(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, block: int) -> dict:
-    digest = hashlib.sha256()
-    for x in (x1, x2):
-        if x is not None:
-            digest.update(repr(tuple(x.shape)).encode())
-            digest.update(x.contiguous().numpy().tobytes())
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     return {"format": FORMAT, "kind": source.kind, "spec": source.spec, "source_digest": source.digest,
-            "inputs_digest": digest.hexdigest(), "shape": [x1.shape[0], n2], "block": block,
-            "symmetric": x2 is None}
+            "inputs_digest": inputs_digest(x1.numpy(), None if x2 is None else x2.numpy()),
+            "shape": [x1.shape[0], n2], "block": block, "symmetric": x2 is None}
 
 
 def _open_or_create(location: str, source, x1, x2, block: int, overwrite: bool):
@@ -462,21 +458,47 @@ def _store_block(source: TileSource, x1: torch.Tensor, x2: torch.Tensor | None, 
     return i, j
 
 
+#: times the shared inputs are sent again when the scheduler loses them before the tiles ran
+RESEND = 2
+
+
 def _run(client, source, x1, x2, location, block, todo, progress, torch_threads, stall_timeout) -> None:
     """Submit one task per missing tile; raise, after cancelling the rest, if one fails or none
-    finishes for ``stall_timeout`` seconds."""
-    from dask.distributed import wait
-    from tqdm.auto import tqdm
+    finishes for ``stall_timeout`` seconds. When the scheduler loses the scattered inputs (a worker
+    died, or a replication failed under load: "lost dependencies"), the missing tiles are sent
+    again with fresh copies, at most :data:`RESEND` times, before the error."""
+    from ntkprior.progress import progress_bar
 
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
     total = len(block_pairs(n1, n2, block, x2 is None))
+    bar = progress_bar(total=total, initial=total - len(todo), desc="kernel blocks", unit="block",
+                       enabled=progress)
+    try:
+        for attempt in range(RESEND + 1):
+            try:
+                _submit_and_wait(client, source, x1, x2, location, block, todo, torch_threads, stall_timeout,
+                                 total, bar)
+                return
+            except CancelledError as exc:   # e.g. "lost dependencies": the workers holding the inputs died
+                reason = " ".join(str(exc).split())
+                todo = missing_blocks(require("zarr").open_group(location, mode="r"))
+                if attempt == RESEND:
+                    raise RuntimeError(f"kernel_matrix: the scheduler cancelled block tasks ({reason}), "
+                                       f"{RESEND + 1} times; {_resume_hint(location, total)}") from None
+    finally:
+        bar.close()
+
+
+def _submit_and_wait(client, source, x1, x2, location, block, todo, torch_threads, stall_timeout, total,
+                     bar) -> None:
+    """One round: scatter the inputs, one task per tile in ``todo``, wait for all of them."""
+    from dask.distributed import wait
+
     shared = [client.scatter(obj, broadcast=True) for obj in (source, x1)]
     x2_shared = None if x2 is None else client.scatter(x2, broadcast=True)
     futures = [client.submit(_store_block, *shared, x2_shared, location, block, i, j, torch_threads,
                              pure=False) for i, j in todo]
     tile_of = {future.key: pair for future, pair in zip(futures, todo)}
-    bar = tqdm(total=total, initial=total - len(todo), desc="kernel blocks", unit="block",
-               disable=not progress)
     pending = set(futures)
     try:
         while pending:
@@ -486,11 +508,9 @@ def _run(client, source, x1, x2, location, block, todo, progress, torch_threads,
                 raise RuntimeError(f"kernel_matrix: no block finished for {stall_timeout:g} s "
                                    f"({len(pending)} still to do; a lost worker, or a task whose inputs "
                                    f"never reached its worker); {_resume_hint(location, total)}") from None
-            except CancelledError as exc:   # e.g. "lost dependencies": the workers holding the inputs died
-                reason = " ".join(str(exc).split())
-                raise RuntimeError(f"kernel_matrix: the scheduler cancelled block tasks ({reason}); "
-                                   f"{_resume_hint(location, total)}") from None
             for future in finished:
+                if future.status == "cancelled":
+                    raise CancelledError(f"block {tile_of[future.key]} was cancelled")
                 if future.status != "finished":
                     i, j = tile_of[future.key]
                     exc = future.exception() if future.status == "error" else future.status
@@ -499,7 +519,6 @@ def _run(client, source, x1, x2, location, block, todo, progress, torch_threads,
                         from (exc if isinstance(exc, BaseException) else None)
             bar.update(len(finished))
     finally:
-        bar.close()
         client.cancel(futures)
 
 

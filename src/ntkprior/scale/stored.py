@@ -35,6 +35,7 @@ zarr is an optional dependency: ``pip install "ntkprior[distributed]"``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import sys
@@ -60,6 +61,16 @@ class CorruptTileError(ValueError):
 def tile_checksum(tile: np.ndarray) -> int:
     """1 + CRC-32 of the tile's float64 bytes in C order (never 0, which means "no checksum")."""
     return 1 + zlib.crc32(np.ascontiguousarray(tile, dtype=np.float64))
+
+
+def inputs_digest(x1: np.ndarray, x2: np.ndarray | None) -> str:
+    """SHA-256 of the inputs' shapes and float64 bytes, as recorded in a store's ``inputs_digest``."""
+    digest = hashlib.sha256()
+    for x in (x1, x2):
+        if x is not None:
+            digest.update(repr(tuple(x.shape)).encode())
+            digest.update(np.ascontiguousarray(x).tobytes())
+    return digest.hexdigest()
 
 
 def clear_tiles(store, tiles) -> None:
@@ -184,13 +195,30 @@ class StoredKernel:
 
     @property
     def x1(self) -> torch.Tensor:
-        """The row inputs the kernel was computed on."""
-        return torch.from_numpy(self._group["x1"][...])
+        """The row inputs the kernel was computed on (checked against the store's inputs digest)."""
+        return torch.from_numpy(self._inputs()[0].copy())
 
     @property
     def x2(self) -> torch.Tensor:
         """The column inputs (``x1`` for a symmetric kernel)."""
-        return self.x1 if self.symmetric else torch.from_numpy(self._group["x2"][...])
+        return self.x1 if self.symmetric else torch.from_numpy(self._inputs()[1].copy())
+
+    def _inputs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The stored inputs, read and verified against ``inputs_digest`` once (wrong inputs would
+        silently give wrong predictions and eigenfunctions)."""
+        if "inputs" not in self._cache:
+            try:
+                x1 = self._group["x1"][...]
+                x2 = None if self.symmetric else self._group["x2"][...]
+            except (OSError, ValueError, KeyError) as exc:
+                raise CorruptTileError(f"store: {self.location!r}: its inputs x1/x2 cannot be read "
+                                       f"({type(exc).__name__}: {exc}); compute the store again") from None
+            if inputs_digest(x1, x2) != self._group.attrs[ATTRS_KEY].get("inputs_digest"):
+                raise CorruptTileError(f"store: {self.location!r}: its inputs x1/x2 do not match the digest "
+                                       "recorded when the kernel was computed (changed on disk); compute "
+                                       "the store again (kernel_matrix with overwrite=True)")
+            self._cache["inputs"] = (x1, x2)
+        return self._cache["inputs"]
 
     def architecture(self):
         """The architecture the kernel was computed from, read back from ``spec``: to evaluate

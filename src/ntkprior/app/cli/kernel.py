@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from ntkprior.app.cli.base import (SPEC_HELP, app, fails_cleanly, input_shape_option, read_inputs)
+from ntkprior.scale import STALL_TIMEOUT
 
 
 # ============================================================================== kernel
@@ -32,6 +33,8 @@ def kernel(arch: str = typer.Option(..., "--arch", help=SPEC_HELP),
            input_shape: Optional[str] = input_shape_option(),
            overwrite: bool = typer.Option(False, "--overwrite", help="with --store: replace an existing ntkprior "
                                           "store built from other arguments (never any other directory)"),
+           stall_timeout: float = typer.Option(STALL_TIMEOUT, "--stall-timeout", help="with --store: stop (resumably) "
+                                               "when no block finished for this many seconds"),
            ) -> None:
     """Exact infinite-width NNGP and NTK of ARCH between x1 and x2, written to an .npz (or a zarr store)."""
     from ntkprior.arch.spec import load_arch
@@ -47,7 +50,8 @@ def kernel(arch: str = typer.Option(..., "--arch", help=SPEC_HELP),
             raise ValueError("--diagonal: not available with --store; the diagonal fits in memory, drop --store")
         from ntkprior.scale.distributed import kernel_matrix
         stored = kernel_matrix(architecture, a1, a2, kind=kind, store=str(store), block=block,
-                               client=scheduler, progress=True, overwrite=overwrite)
+                               client=scheduler, progress=True, overwrite=overwrite,
+                               stall_timeout=stall_timeout)
         typer.echo(json.dumps({"store": str(store), "kind": kind, "shape": list(stored.shape),
                                "arch": str(architecture)}))
         return
