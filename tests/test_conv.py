@@ -315,3 +315,32 @@ def test_kernels_equal_neural_tangents_reference_values(spec, x, nngp, ntk):
     k = parse_spec(spec).kernel(torch.tensor(x, dtype=F64))
     torch.testing.assert_close(k.nngp, torch.tensor(nngp, dtype=F64), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(k.ntk, torch.tensor(ntk, dtype=F64), rtol=1e-10, atol=1e-12)
+
+
+# --- the spec grammar for the new layers ----------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [
+    "conv(8, [3, 2], stride=[1, 2], padding=1, weight_std=1.5, bias_std=None, parameterization='standard') relu "
+    "avg_pool(2, stride=1, padding='same') flatten dense(1)",
+    "dense(8) residual(alpha=0.5){relu dense(8) relu dense(8)} sum(scales=[1.0, 2.0]){ | dense(8)} "
+    "concat{dense(4) | dense(2)} layer_norm(affine=True) dense(1)",
+    "conv(4, 3) sum{relu conv(4, 1) | conv(4, 3, padding='circular')} global_avg_pool dense(1)",
+])
+def test_new_layers_print_as_specs_that_parse_back(spec):
+    arch = parse_spec(spec)
+    assert parse_spec(str(arch)) == arch
+    assert parse_spec(str(arch)).layers == arch.layers
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("dense(8) residual{relu dense(8)", r"'\{' is never closed"),
+    ("dense(8) | dense(1)", r"'\|' separates branches only inside"),
+    ("dense(8) } dense(1)", r"'\}' without a matching"),
+    ("dense(8) residual{relu dense(8) | dense(8)} dense(1)", r"residual\{\.\.\.\} holds the layers of one block"),
+    ("dense(8) residual(beta=2){dense(8)} dense(1)", r"bad arguments for residual"),
+    ("dense(8) residual dense(1)", r"unknown layer 'residual' \(write residual\{\.\.\.\} for a branch\)"),
+    ("conv(8, 3, padding='reflect') dense(1)", r"padding must be one of"),
+])
+def test_branch_grammar_errors_point_at_the_token(spec, match):
+    with pytest.raises(ntp.SpecError, match=match):
+        parse_spec(spec)
