@@ -1,14 +1,13 @@
 """Convolutional, pooled, residual and normalised networks: exact kernels against Monte Carlo
 over finite networks built by ``arch.build``, and exact identities (MATH.md section 6)."""
 
-import math
 
 import pytest
 import torch
 
 import ntkprior as ntp
 from ntkprior.arch.spec import parse_spec
-from reference import in_shape, monte_carlo_nngp, monte_carlo_ntk, relative_frobenius
+from reference import monte_carlo_nngp, monte_carlo_ntk, relative_frobenius
 
 F64 = torch.float64
 
