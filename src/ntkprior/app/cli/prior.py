@@ -55,7 +55,8 @@ def eigen(arch: str = arch_option(),
             coordinate, label = inputs[:, 0], "input x"
         else:
             from sklearn.decomposition import PCA
-            coordinate, label = PCA(1).fit_transform(inputs)[:, 0], "principal coordinate of the input"
+            coordinate = PCA(1).fit_transform(inputs.reshape(len(inputs), -1))[:, 0]   # images: flattened
+            label = "principal coordinate of the input"
         title = f"{kernel.upper()} of {architecture}"
         fig = plots.eigenmode_overview({title if len(title) <= 60 else title[:57] + "...": {
             "x": coordinate, "values": modes.values, "vectors": modes.vectors, "sign_changes": changes}},
