@@ -1,6 +1,7 @@
 """Convolutional, pooled, residual and normalised networks: exact kernels against Monte Carlo
 over finite networks built by ``arch.build``, and exact identities (MATH.md section 6)."""
 
+import math
 
 import pytest
 import torch
@@ -343,3 +344,17 @@ def test_new_layers_print_as_specs_that_parse_back(spec):
 def test_branch_grammar_errors_point_at_the_token(spec, match):
     with pytest.raises(ntp.SpecError, match=match):
         parse_spec(spec)
+
+
+@pytest.mark.parametrize("shape, k, s, pads", [((7,), (3,), (2,), ((1, 1),)), ((6, 5), (2, 3), (2, 1), ((0, 1), (1, 1))),
+                                             ((5, 6), (3, 2), (3, 2), ((0, 0), (2, 1)))])
+def test_tied_windows_skipping_padding_equal_padded_shifted_slices(shape, k, s, pads):
+    # the two implementations of the full-covariance convolution window (spatial.window_mean)
+    from ntkprior.kernels import spatial
+    p = math.prod(shape)
+    t = torch.randn(2, 3, p, p, dtype=F64)
+    fast, out = spatial._tied_window_zeros(t, shape, 2, k, s, pads)
+    x = t.reshape((2, 3) + shape * 2)
+    for d, (kd, sd, (lo, hi)) in enumerate(zip(k, s, pads)):
+        x = spatial._tied_window_axis(x, [2 + d, 2 + len(shape) + d], kd, sd, lo, hi, False)
+    torch.testing.assert_close(fast, x.reshape(2, 3, math.prod(out), math.prod(out)), rtol=1e-14, atol=1e-15)

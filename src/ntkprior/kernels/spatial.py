@@ -25,6 +25,7 @@ This module knows no torch modules: only the arithmetic on the state.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import torch
@@ -83,12 +84,15 @@ def window_mean(t: Tensor, shape: tuple, lead: int, groups: int, kernel_size: tu
     spatial shape. ``pads`` are (lo, hi) per spatial axis: zeros, or wrapped when ``circular``.
 
     One group is a matrix product with the window matrix (:func:`window_matrix`); two tied groups
-    are a sum of shifted strided slices, one spatial axis at a time (the window is a product over
-    axes).
+    are a sum of shifted strided slices: with zero padding the slices skip the padded positions
+    (:func:`_tied_window_zeros`), circular padding wraps one spatial axis at a time (the window is
+    a product over axes).
     """
     if groups == 1:
         w, out = window_matrix(shape, kernel_size, stride, pads, circular, t.dtype, t.device)
         return (t.reshape(-1, t.shape[-1]) @ w).reshape(t.shape[:-1] + (w.shape[1],)), out
+    if not circular:
+        return _tied_window_zeros(t, shape, lead, kernel_size, stride, pads)
     nd = len(shape)
     t = t.reshape(t.shape[:lead] + shape * groups)
     for d, (k, s, (lo, hi)) in enumerate(zip(kernel_size, stride, pads)):
@@ -117,6 +121,27 @@ def window_matrix(shape: tuple, kernel_size: tuple, stride: tuple, pads: tuple, 
                     axis[q, p] += 1.0 / k
         w, out = torch.kron(w, axis), out + [m]
     return w.to(device), tuple(out)
+
+
+def _tied_window_zeros(t: Tensor, shape: tuple, lead: int, kernel_size: tuple, stride: tuple,
+                       pads: tuple) -> tuple[Tensor, tuple]:
+    """The tied window mean of a full covariance with zero padding: for each offset δ, the output
+    positions whose input ``s·i + δ − lo`` lies inside receive that strided slice (padded zeros add
+    nothing but count in 1/|F|)."""
+    batch = t.shape[:lead]
+    x = t.reshape(batch + shape * 2)
+    out = tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(shape, kernel_size, stride, pads))
+    acc = x.new_zeros(batch + out * 2)
+    for offset in itertools.product(*(range(k) for k in kernel_size)):
+        outs, ins = [], []
+        for n, s, (lo, _), m, o in zip(shape, stride, pads, out, offset):
+            first, last = max(0, -((o - lo) // s)), min(m - 1, (n - 1 - o + lo) // s)
+            outs.append(slice(first, last + 1))
+            ins.append(slice(s * first + o - lo, s * last + o - lo + 1, s))
+        if all(sl.stop > sl.start for sl in outs):
+            acc[(Ellipsis,) + tuple(outs) * 2] += x[(Ellipsis,) + tuple(ins) * 2]
+    acc.div_(math.prod(kernel_size))
+    return acc.reshape(batch + (math.prod(out),) * 2), out
 
 
 def _tied_window_axis(t: Tensor, axes: list, k: int, s: int, lo: int, hi: int, circular: bool) -> Tensor:
