@@ -118,6 +118,10 @@ def test_residual_adds_the_block_kernel():
     block = ntp.serial(base, ntp.ReLU(), ntp.Dense(16, 1.5)).kernel(x)
     torch.testing.assert_close(scaled.nngp, base.kernel(x).nngp + 0.25 * block.nngp, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(scaled.ntk, base.kernel(x).ntk + 0.25 * block.ntk, rtol=1e-13, atol=1e-15)
+    # residual(Identity()) is x + x = 2x, whose kernel is 4K, not the 2K of adding independent
+    # branches (what neural-tangents' FanInSum returns): the kernel refuses it rather than guess
+    with pytest.raises(ValueError, match="branches \\[0, 1\\] have no weighted layer"):
+        ntp.serial(base, ntp.residual(ntp.Identity())).kernel(x)
     # the same network through FanOut / parallel / FanInSum
     fan = ntp.serial(base, ntp.FanOut(2), ntp.parallel(None, ntp.Dense(16)), ntp.FanInSum())
     assert fan == res and str(fan) == str(res)
