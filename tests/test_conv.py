@@ -8,7 +8,7 @@ import torch
 
 import ntkprior as ntp
 from ntkprior.arch.spec import parse_spec
-from reference import in_shape, monte_carlo_nngp, monte_carlo_ntk, relative_frobenius
+from reference import monte_carlo_nngp, monte_carlo_ntk, relative_frobenius
 
 F64 = torch.float64
 
@@ -118,6 +118,10 @@ def test_residual_adds_the_block_kernel():
     block = ntp.serial(base, ntp.ReLU(), ntp.Dense(16, 1.5)).kernel(x)
     torch.testing.assert_close(scaled.nngp, base.kernel(x).nngp + 0.25 * block.nngp, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(scaled.ntk, base.kernel(x).ntk + 0.25 * block.ntk, rtol=1e-13, atol=1e-15)
+    # residual(Identity()) is x + x = 2x, whose kernel is 4K, not the 2K of adding independent
+    # branches (what neural-tangents' FanInSum returns): the kernel refuses it rather than guess
+    with pytest.raises(ValueError, match="branches \\[0, 1\\] have no weighted layer"):
+        ntp.serial(base, ntp.residual(ntp.Identity())).kernel(x)
     # the same network through FanOut / parallel / FanInSum
     fan = ntp.serial(base, ntp.FanOut(2), ntp.parallel(None, ntp.Dense(16)), ntp.FanInSum())
     assert fan == res and str(fan) == str(res)
@@ -315,3 +319,46 @@ def test_kernels_equal_neural_tangents_reference_values(spec, x, nngp, ntk):
     k = parse_spec(spec).kernel(torch.tensor(x, dtype=F64))
     torch.testing.assert_close(k.nngp, torch.tensor(nngp, dtype=F64), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(k.ntk, torch.tensor(ntk, dtype=F64), rtol=1e-10, atol=1e-12)
+
+
+# --- the spec grammar for the new layers ----------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [
+    "conv(8, [3, 2], stride=[1, 2], padding=1, weight_std=1.5, bias_std=None, parameterization='standard') relu "
+    "avg_pool(2, stride=1, padding='same') flatten dense(1)",
+    "dense(8) residual(alpha=0.5){relu dense(8) relu dense(8)} sum(scales=[1.0, 2.0]){ | dense(8)} "
+    "concat{dense(4) | dense(2)} layer_norm(affine=True) dense(1)",
+    "conv(4, 3) sum{relu conv(4, 1) | conv(4, 3, padding='circular')} global_avg_pool dense(1)",
+])
+def test_new_layers_print_as_specs_that_parse_back(spec):
+    arch = parse_spec(spec)
+    assert parse_spec(str(arch)) == arch
+    assert parse_spec(str(arch)).layers == arch.layers
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("dense(8) residual{relu dense(8)", r"'\{' is never closed"),
+    ("dense(8) | dense(1)", r"'\|' separates branches only inside"),
+    ("dense(8) } dense(1)", r"'\}' without a matching"),
+    ("dense(8) residual{relu dense(8) | dense(8)} dense(1)", r"residual\{\.\.\.\} holds the layers of one block"),
+    ("dense(8) residual(beta=2){dense(8)} dense(1)", r"bad arguments for residual"),
+    ("dense(8) residual dense(1)", r"unknown layer 'residual' \(write residual\{\.\.\.\} for a branch\)"),
+    ("conv(8, 3, padding='reflect') dense(1)", r"padding must be one of"),
+])
+def test_branch_grammar_errors_point_at_the_token(spec, match):
+    with pytest.raises(ntp.SpecError, match=match):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize("shape, k, s, pads", [((7,), (3,), (2,), ((1, 1),)), ((6, 5), (2, 3), (2, 1), ((0, 1), (1, 1))),
+                                             ((5, 6), (3, 2), (3, 2), ((0, 0), (2, 1)))])
+def test_tied_windows_skipping_padding_equal_padded_shifted_slices(shape, k, s, pads):
+    # the two implementations of the full-covariance convolution window (spatial.window_mean)
+    from ntkprior.kernels import spatial
+    p = math.prod(shape)
+    t = torch.randn(2, 3, p, p, dtype=F64)
+    fast, out = spatial._tied_window_zeros(t, shape, 2, k, s, pads)
+    x = t.reshape((2, 3) + shape * 2)
+    for d, (kd, sd, (lo, hi)) in enumerate(zip(k, s, pads)):
+        x = spatial._tied_window_axis(x, [2 + d, 2 + len(shape) + d], kd, sd, lo, hi, False)
+    torch.testing.assert_close(fast, x.reshape(2, 3, math.prod(out), math.prod(out)), rtol=1e-14, atol=1e-15)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from ntkprior.app.cli import app
@@ -78,3 +77,13 @@ def test_report_on_a_cnn(tmp_path):
     res = _run(["report", "--quick", "--no-progress", "--arch", CNN_1D, "--train", tmp_path / "train.npz",
                 "--out", tmp_path / "rep"])
     assert "report written to" in res.output
+
+
+def test_eigen_of_images_draws_against_a_principal_coordinate(images):
+    d, x = images
+    res = _run(["eigen", "--arch", CNN, "--x", d / "images.npy", "--k", 3, "--figure", d / "e.png",
+                "--format", "json"])
+    values = json.loads(res.stdout)["values"]
+    from ntkprior import eigenmodes
+    np.testing.assert_allclose(values, eigenmodes(parse_spec(CNN), x, k=3).values.numpy(), rtol=1e-10)
+    assert (d / "e.png").stat().st_size > 0

@@ -75,3 +75,18 @@ def test_blockwise_distributed_tiles_equal_the_in_memory_kernel(data):
     arch = ntp.parse_spec("conv(8, 3) relu avg_pool(2) flatten dense(1)")
     tiles = kernel_blocks_in_memory(arch, x, block=5)
     torch.testing.assert_close(torch.as_tensor(np.asarray(tiles)), arch.kernel(x).ntk, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_kernel_matrix_on_a_dask_cluster_stores_the_cnn_kernel(data, tmp_path):
+    pytest.importorskip("dask.distributed")
+    pytest.importorskip("zarr")
+    from dask.distributed import Client
+
+    from ntkprior.scale.distributed import kernel_matrix, local_cluster
+    x, _, _ = data
+    arch = ntp.parse_spec("conv(8, 3) relu avg_pool(2) flatten dense(1)")
+    with local_cluster(1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        stored = kernel_matrix(arch, x, store=tmp_path / "K.zarr", block=5, client=client)
+        assert ntp.parse_spec(stored.spec) == arch
+        torch.testing.assert_close(torch.as_tensor(stored.load()), arch.kernel(x).ntk, rtol=1e-12, atol=1e-14)

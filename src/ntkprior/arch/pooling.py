@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from ntkprior.arch.conv import check_spec_int, pad_input, spec_value, window_geometry

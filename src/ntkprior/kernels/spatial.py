@@ -24,6 +24,8 @@ This module knows no torch modules: only the arithmetic on the state.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import torch
@@ -81,39 +83,81 @@ def window_mean(t: Tensor, shape: tuple, lead: int, groups: int, kernel_size: tu
     ``groups`` flattened position axes; returns the result (positions flattened) and the new
     spatial shape. ``pads`` are (lo, hi) per spatial axis: zeros, or wrapped when ``circular``.
 
-    The window is a product over spatial axes, so it is applied one axis at a time: an average
-    pool over the axis (one group) or a sum of shifted strided slices (two tied groups).
+    One group is a matrix product with the window matrix (:func:`window_matrix`); two tied groups
+    are a sum of shifted strided slices: with zero padding the slices skip the padded positions
+    (:func:`_tied_window_zeros`), circular padding wraps one spatial axis at a time (the window is
+    a product over axes).
     """
+    if groups == 1:
+        w, out = window_matrix(shape, kernel_size, stride, pads, circular, t.dtype, t.device)
+        return (t.reshape(-1, t.shape[-1]) @ w).reshape(t.shape[:-1] + (w.shape[1],)), out
+    if not circular:
+        return _tied_window_zeros(t, shape, lead, kernel_size, stride, pads)
     nd = len(shape)
     t = t.reshape(t.shape[:lead] + shape * groups)
     for d, (k, s, (lo, hi)) in enumerate(zip(kernel_size, stride, pads)):
-        axes = [lead + g * nd + d for g in range(groups)]
-        t = _window_axis(t, axes, k, s, lo, hi, circular)
+        t = _tied_window_axis(t, [lead + d, lead + nd + d], k, s, lo, hi, circular)
     out = tuple(t.shape[lead:lead + nd])
     return t.reshape(t.shape[:lead] + (math.prod(out),) * groups), out
 
 
-def _window_axis(t: Tensor, axes: list, k: int, s: int, lo: int, hi: int, circular: bool) -> Tensor:
-    """The window mean along one spatial axis (in each tied group)."""
-    last = list(range(t.ndim - len(axes), t.ndim))
+@functools.lru_cache(maxsize=64)
+def window_matrix(shape: tuple, kernel_size: tuple, stride: tuple, pads: tuple, circular: bool,
+                  dtype: torch.dtype, device) -> tuple[Tensor, tuple]:
+    """The (P_in, P_out) matrix W of a window mean over flattened positions, ``t_out = t_in @ W``:
+    ``W[q, p] = 1/|F|`` for each input position q in output p's (padded) window — the Kronecker
+    product of one matrix per spatial axis. Returns W and the output spatial shape (cached: the
+    same layer meets the same shapes in every row block; callers must not modify W)."""
+    w, out = torch.ones(1, 1, dtype=dtype), []
+    for n, k, s, (lo, hi) in zip(shape, kernel_size, stride, pads):
+        m = (n + lo + hi - k) // s + 1
+        axis = torch.zeros(n, m, dtype=dtype)
+        for p in range(m):
+            for o in range(k):
+                q = s * p + o - lo
+                if circular:
+                    axis[q % n, p] += 1.0 / k
+                elif 0 <= q < n:
+                    axis[q, p] += 1.0 / k
+        w, out = torch.kron(w, axis), out + [m]
+    return w.to(device), tuple(out)
+
+
+def _tied_window_zeros(t: Tensor, shape: tuple, lead: int, kernel_size: tuple, stride: tuple,
+                       pads: tuple) -> tuple[Tensor, tuple]:
+    """The tied window mean of a full covariance with zero padding: for each offset δ, the output
+    positions whose input ``s·i + δ − lo`` lies inside receive that strided slice (padded zeros add
+    nothing but count in 1/|F|)."""
+    batch = t.shape[:lead]
+    x = t.reshape(batch + shape * 2)
+    out = tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(shape, kernel_size, stride, pads))
+    acc = x.new_zeros(batch + out * 2)
+    for offset in itertools.product(*(range(k) for k in kernel_size)):
+        outs, ins = [], []
+        for n, s, (lo, _), m, o in zip(shape, stride, pads, out, offset):
+            first, last = max(0, -((o - lo) // s)), min(m - 1, (n - 1 - o + lo) // s)
+            outs.append(slice(first, last + 1))
+            ins.append(slice(s * first + o - lo, s * last + o - lo + 1, s))
+        if all(sl.stop > sl.start for sl in outs):
+            acc[(Ellipsis,) + tuple(outs) * 2] += x[(Ellipsis,) + tuple(ins) * 2]
+    acc.div_(math.prod(kernel_size))
+    return acc.reshape(batch + (math.prod(out),) * 2), out
+
+
+def _tied_window_axis(t: Tensor, axes: list, k: int, s: int, lo: int, hi: int, circular: bool) -> Tensor:
+    """``mean_o t̃(s·i + o, s·j + o)`` along one spatial axis of each side of a full covariance."""
+    last = [t.ndim - 2, t.ndim - 1]
     moved = t.movedim(axes, last) if axes != last else t
-    batch = moved.shape[:-len(axes)]
-    x = moved.reshape((-1, 1) + moved.shape[-len(axes):])
-    if len(axes) == 1 and lo == hi and 2 * lo <= k and not circular:   # zeros counted: the pool pads
-        y = nn.functional.avg_pool1d(x, k, s, padding=lo, count_include_pad=True) if k > 1 or s > 1 else x
-    elif len(axes) == 1:
-        x = nn.functional.pad(x, [lo, hi], mode="circular" if circular else "constant")
-        y = nn.functional.avg_pool1d(x, k, s)
-    else:
-        if lo or hi:
-            x = nn.functional.pad(x, [lo, hi] * 2, mode="circular" if circular else "constant")
-        m = (x.shape[-1] - k) // s + 1
-        y = None
-        for o in range(k):
-            piece = x[..., o:o + s * (m - 1) + 1:s, o:o + s * (m - 1) + 1:s]
-            y = piece.clone() if y is None else y.add_(piece)
-        y = y.div_(k)
-    y = y.reshape(batch + y.shape[2:])
+    batch = moved.shape[:-2]
+    x = moved.reshape((-1, 1) + moved.shape[-2:])
+    if lo or hi:
+        x = nn.functional.pad(x, [lo, hi] * 2, mode="circular" if circular else "constant")
+    m = (x.shape[-1] - k) // s + 1
+    y = None
+    for o in range(k):
+        piece = x[..., o:o + s * (m - 1) + 1:s, o:o + s * (m - 1) + 1:s]
+        y = piece.clone() if y is None else y.add_(piece)
+    y = y.div_(k).reshape(batch + y.shape[2:])
     return y.movedim(last, axes) if axes != last else y
 
 
@@ -154,17 +198,13 @@ def pool_positions(state: KernelState, kernel_size: tuple, stride: tuple, pads: 
     """Average pooling ``K' = A K Aᵀ`` (both sides averaged independently). Needs the full state."""
     if not state.full:
         raise RuntimeError("average pooling needs the full position covariance (Serial decides this)")
-    new_shape = [state.shape]
+    w, out = window_matrix(state.shape, kernel_size, stride, pads, False, state.cov.dtype, state.cov.device)
 
-    def fn(t, lead):
-        # one side at a time: move the second position axis to the front, window it, move back
-        one, new_shape[0] = window_mean(t, state.shape, lead + 1, 1, kernel_size, stride, pads, False)
-        one = one.movedim(-1, lead)
-        two, _ = window_mean(one, state.shape, lead + 1, 1, kernel_size, stride, pads, False)
-        return two.movedim(lead, -1).contiguous()
+    def fn(t, lead):   # Wᵀ t W, as (t W)ᵀ W transposed back
+        return ((t @ w).transpose(-1, -2) @ w).transpose(-1, -2).contiguous()
 
     _for_each(state, fn)
-    state.shape = new_shape[0]
+    state.shape = out
     state.sync_diagonal()
 
 
