@@ -119,7 +119,8 @@ def test_unreachable_scheduler_is_one_line(runner, d):
 
 
 def test_kernel_out_writes_exactly_the_name_printed(runner, d):
-    result = runner.invoke(app, ["kernel", "--arch", SPEC, "--x1", f"{d}/x.npy", "--out", f"{d}/K.npz"])
+    result = runner.invoke(app, ["kernel", "--arch", SPEC, "--x1", f"{d}/x.npy", "--out", f"{d}/K.npz",
+                                 "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["out"] == f"{d}/K.npz" and (d / "K.npz").is_file()
     assert not [p for p in d.iterdir() if p.name.startswith(".ntkprior-tmp")]     # no temporary left

@@ -239,3 +239,21 @@ def test_a_csv_y_column_is_a_label_for_every_command(runner, tmp_path):
         np.testing.assert_allclose(z["ntk"], parse_spec(SPEC).kernel(np.c_[x, 2 * x]).ntk.numpy(), rtol=1e-12)
     res = _run(runner, ["eigen", "--arch", SPEC, "--x", table, "--format", "json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["n"] == 5
+
+
+def test_every_command_takes_format_json(runner, tmp_path):
+    """README: every command takes --format json (issue 13); kernel and report did not."""
+    np.save(tmp_path / "x.npy", np.linspace(-1, 1, 6)[:, None])
+    res = _run(runner, ["kernel", "--arch", SPEC, "--x1", tmp_path / "x.npy", "--out", tmp_path / "K.npz",
+                        "--format", "json"])
+    assert json.loads(res.stdout) == {"out": str(tmp_path / "K.npz"), "shape": [6, 6], "arch": str(parse_spec(SPEC))}
+    text = _run(runner, ["kernel", "--arch", SPEC, "--x1", tmp_path / "x.npy", "--out", tmp_path / "K.npz"])
+    assert text.stdout.startswith("NNGP and NTK of") and "6 x 6" in text.stdout
+    res = _run(runner, ["report", "--quick", "--no-progress", "--out", tmp_path / "r", "--format", "json"])
+    payload = json.loads(res.stdout)
+    assert payload["index"].endswith("index.html") and set(payload["findings"]) >= {"eigenmodes", "prior"}
+    import inspect
+    # every command that prints results has the option (explore serves a page and prints its URL)
+    missing = [c.name or c.callback.__name__ for c in app.registered_commands
+               if c.callback.__name__ != "explore" and "fmt" not in inspect.signature(c.callback).parameters]
+    assert not missing, missing

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import typer
 
-from ntkprior.app.cli.base import (SPEC_HELP, app, fails_cleanly, input_shape_option, read_inputs)
+from ntkprior.app.cli.base import (SPEC_HELP, app, check_format, emit, fails_cleanly, format_option,
+                                   input_shape_option, read_inputs)
 from ntkprior.scale import STALL_TIMEOUT
 
 
@@ -35,11 +35,13 @@ def kernel(arch: str = typer.Option(..., "--arch", help=SPEC_HELP),
                                           "store built from other arguments (never any other directory)"),
            stall_timeout: float = typer.Option(STALL_TIMEOUT, "--stall-timeout", help="with --store: stop (resumably) "
                                                "when no block finished for this many seconds"),
+           fmt: str = format_option(),
            ) -> None:
     """Exact infinite-width NNGP and NTK of ARCH between x1 and x2, written to an .npz (or a zarr store)."""
     from ntkprior.arch.spec import load_arch
     from ntkprior.data import check_allocation
     from ntkprior.files import atomic_file, check_output_file
+    check_format(fmt)
     if store is None:
         check_output_file(out, "--out", (".npz",))   # write what is printed: never K.json.npz
     architecture = load_arch(arch)
@@ -52,8 +54,9 @@ def kernel(arch: str = typer.Option(..., "--arch", help=SPEC_HELP),
         stored = kernel_matrix(architecture, a1, a2, kind=kind, store=str(store), block=block,
                                client=scheduler, progress=True, overwrite=overwrite,
                                stall_timeout=stall_timeout)
-        typer.echo(json.dumps({"store": str(store), "kind": kind, "shape": list(stored.shape),
-                               "arch": str(architecture)}))
+        shape = list(stored.shape)
+        emit(fmt, f"{kind.upper()} of {architecture}, {shape[0]} x {shape[1]}, stored in {store}",
+             {"store": str(store), "kind": kind, "shape": shape, "arch": str(architecture)})
         return
     n2 = len(a1 if a2 is None else a2)
     check_allocation(2 * 8 * len(a1) * (1 if diagonal else n2), "--x1",
@@ -63,4 +66,6 @@ def kernel(arch: str = typer.Option(..., "--arch", help=SPEC_HELP),
     with atomic_file(out) as tmp:
         np.savez(tmp, nngp=k.nngp.numpy(), ntk=k.ntk.numpy(), x1_shape=np.array(a1.shape),
                  x2_shape=np.array((a2 if a2 is not None else a1).shape), arch=np.array(str(architecture)))
-    typer.echo(json.dumps({"out": str(out), "shape": list(k.ntk.shape), "arch": str(architecture)}))
+    shape = list(k.ntk.shape)
+    emit(fmt, f"NNGP and NTK of {architecture}, {' x '.join(map(str, shape))}{' (the diagonal)' * diagonal}, "
+              f"written to {out}", {"out": str(out), "shape": shape, "arch": str(architecture)})

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from ntkprior.app.cli.base import (ARCH_HELP, CANDIDATES_HELP, SMALL, TRAIN_HELP, app, candidates_for,
-                                   example, fails_cleanly, input_shape_option, load_source, parse_numbers,
-                                   shaped, test_data, test_option, train_data)
+                                   check_format, emit, example, fails_cleanly, format_option,
+                                   input_shape_option, load_source, parse_numbers, shaped, test_data,
+                                   test_option, train_data)
 
 
 # ============================================================================== report
@@ -36,6 +37,7 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
                                                 "swept, comma-separated (default ARCH's own; sweep 32-512)"),
            progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
            input_shape: Optional[str] = input_shape_option(),
+           fmt: str = format_option(),
            ) -> None:
     """The whole analysis (eigenmodes, the prior over labels, training vs theory, simplicity) as an HTML report.
 
@@ -44,6 +46,7 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
     """
     from ntkprior.app.report import build_report, is_report_directory
     from ntkprior.files import check_output_directory
+    check_format(fmt)
     check_output_directory(out, "--out", is_report_directory, "an ntkprior report")
     user = {}
     if arch is not None or train_file is not None:
@@ -59,5 +62,7 @@ def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="dire
         raise ValueError("--test, --candidates, --learning-rate, --steps, --widths: apply to a report on your "
                          "data; pass --arch and --train too")
     result = build_report(out, study=study, seed=seed, quick=quick, progress=progress, **user)
-    typer.echo(f"report written to {result.index} ({len(result.figures)} figures, results in "
-               f"{result.results_path.name}) in {result.runtime_s:.0f} s")
+    emit(fmt, f"report written to {result.index} ({len(result.figures)} figures, results in "
+              f"{result.results_path.name}) in {result.runtime_s:.0f} s",
+         {"index": str(result.index), "results": str(result.results_path), "runtime_s": result.runtime_s,
+          "figures": [str(p) for p in result.figures], "findings": result.results["meta"]["findings"]})
