@@ -122,22 +122,27 @@ def _symmetrised(m: torch.Tensor) -> tuple[torch.Tensor, float, float, torch.Ten
     0.54 s for the symmetrisation, scale and 1-norm as separate passes (0.49 s for ``m + m.T``
     alone; a plain copy 0.17 s, most of it first-touch page faults of the new matrix).
     """
-    n, out, asym, scale = m.shape[0], torch.empty_like(m), 0.0, 0.0
+    n, out, asyms, scales = m.shape[0], torch.empty_like(m), [], []
     rows = torch.zeros(n, dtype=m.dtype, device=m.device)
     for i in range(0, n, _TILE):
         for j in range(i, n, _TILE):
             a, b = m[i:i + _TILE, j:j + _TILE], m[j:j + _TILE, i:i + _TILE].T
-            asym = max(asym, float((a - b).abs_().max()))
+            asyms.append(float((a - b).abs_().max()))
             tile = torch.add(a, b).mul_(0.5)
             out[i:i + _TILE, j:j + _TILE] = tile
             if j != i:
                 out[j:j + _TILE, i:i + _TILE] = tile.T
             magnitude = tile.abs_()
-            scale = max(scale, float(magnitude.max()))
+            scales.append(float(magnitude.max()))
             rows[i:i + _TILE] += magnitude.sum(1)
             if j != i:
                 rows[j:j + _TILE] += magnitude.sum(0)
-    return out, asym, scale, rows
+    return out, _max_or_nan(asyms), _max_or_nan(scales), rows
+
+
+def _max_or_nan(values: list[float]) -> float:
+    """``max(values)``, NaN if any is NaN (Python's ``max`` would skip a NaN after the first value)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 def _finite_scale(m: torch.Tensor, name: str) -> float:
