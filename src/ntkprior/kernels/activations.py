@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ntkprior._threads import op_threads
 from ntkprior.kernels.state import KernelState
 
 Tensor = torch.Tensor
@@ -260,9 +261,10 @@ class QuadratureMap(ActivationMap):
         tdot = torch.empty_like(k)
         nodes, weights = (torch.from_numpy(a).to(k) for a in np.polynomial.legendre.leggauss(per_panel))
         step = max(1, self.CHUNK_VALUES // self._nodes_per_entry(k11, k22, k, per_panel))
-        for i in range(0, k.numel(), step):
-            sl = slice(i, i + step)
-            t[sl], tdot[sl] = self._pair_flat(k[sl], k11[sl], k22[sl], nodes, weights)
+        with op_threads(self.CHUNK_VALUES):                 # cache-sized chunks: one thread
+            for i in range(0, k.numel(), step):
+                sl = slice(i, i + step)
+                t[sl], tdot[sl] = self._pair_flat(k[sl], k11[sl], k22[sl], nodes, weights)
         return t.reshape(shape), tdot.reshape(shape)
 
     def _nodes_per_entry(self, k11, k22, k, per_panel) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from ntkprior._threads import op_threads
 from ntkprior.data import check_finite, to_tensor
 
 __all__ = ["SymmetricPSD", "as_symmetric_psd", "is_stored_kernel", "check_symmetric", "finite_or_raise",
@@ -124,6 +125,14 @@ def _symmetrised(m: torch.Tensor) -> tuple[torch.Tensor, float, float, torch.Ten
     """
     n, out, asyms, scales = m.shape[0], torch.empty_like(m), [], []
     rows = torch.zeros(n, dtype=m.dtype, device=m.device)
+    with op_threads(_TILE * _TILE):                   # cache-sized tiles: one thread
+        _symmetrise_tiles(m, out, asyms, scales, rows)
+    return out, _max_or_nan(asyms), _max_or_nan(scales), rows
+
+
+def _symmetrise_tiles(m, out, asyms, scales, rows) -> None:
+    """The loop of :func:`_symmetrised`: fills ``out`` and ``rows``, appends per-tile maxima."""
+    n = m.shape[0]
     for i in range(0, n, _TILE):
         for j in range(i, n, _TILE):
             a, b = m[i:i + _TILE, j:j + _TILE], m[j:j + _TILE, i:i + _TILE].T
@@ -137,7 +146,6 @@ def _symmetrised(m: torch.Tensor) -> tuple[torch.Tensor, float, float, torch.Ten
             rows[i:i + _TILE] += magnitude.sum(1)
             if j != i:
                 rows[j:j + _TILE] += magnitude.sum(0)
-    return out, _max_or_nan(asyms), _max_or_nan(scales), rows
 
 
 def _max_or_nan(values: list[float]) -> float:
