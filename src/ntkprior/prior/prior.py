@@ -247,14 +247,17 @@ class KernelPrior:
             raise ValueError(f"k: a stored kernel gives its top k eigenpairs only (block Lanczos), "
                              f"not all n = {self.n}; pass k, e.g. modes(y, k=20): the other modes "
                              "are summed into the table's remainder")
+        full = not self.stored and (k is None or self.psd.uses_full_decomposition(k))
         if self.stored:
             w, v = self.psd.eigsh(k)
         else:
             self.psd.cholesky()        # a singular H has no finite RKHS norm: raise the clear error
-            w, v = self.psd.top_eigh(self.n if k is None else k)          # largest first
-        proj = v.T @ labels                                               # (k, outputs)
+            w, v = self.psd.top_eigh(self.n if full else k)               # largest first
+        proj = v.T @ labels                                               # (k or n, outputs)
         contribution = (proj * proj).sum(dim=1) / w
-        total = self.psd.quad_form(labels) if k is not None else float(contribution.sum())
+        total = float(contribution.sum()) if full else self.psd.quad_form(labels)
+        if full and k is not None:     # every mode is at hand: the same numbers as the full table
+            w, proj, contribution = w[:k], proj[:k], contribution[:k]
         cumulative = torch.cumsum(contribution, 0) / total
         return ModeTable(w, proj[:, 0] if np.ndim(y) == 1 else proj, contribution, cumulative,
                          total - float(contribution.sum()))
