@@ -5,6 +5,7 @@
 from ntkprior.kernels.activations import ActivationMap, ErfMap, PiecewiseLinearMap, QuadratureMap, derivative
 from ntkprior.kernels.activations import GeluMap
 from ntkprior.kernels.state import KernelState, dense_update, input_state
+from ntkprior.kernels.activations import fused_enabled, set_fused
 
 __all__ = ["ActivationMap", "ErfMap", "KernelState", "PiecewiseLinearMap", "QuadratureMap", "dense_update",
-           "derivative", "input_state", "GeluMap"]
+           "derivative", "input_state", "GeluMap", "set_fused", "fused_enabled"]

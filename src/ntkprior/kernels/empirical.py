@@ -397,26 +397,40 @@ def _jacobian_cost(problem: _Problem, n_params: int, output: str) -> _Cost:
 
 
 class _StructuredPlan:
-    """Which layers take the structured path (verified on a probe batch) and which parameters fall back."""
+    """Which layers take the structured path (verified on a probe batch) and which parameters fall back.
+
+    The verification (one structured pass and one Jacobian of the probe batch, ~45 % of a small
+    call) is done once per model and structure: its outcome is cached under :func:`_plan_key`, so
+    repeated calls on the same model (kernel tracking during training) skip it.
+    """
 
     def __init__(self, problem: _Problem, probe: torch.Tensor, budget: int):
         self.problem = problem
         layers = st.find_layers(problem.model, problem.diff)
+        key = _plan_key(problem, probe)
+        if key not in _PLAN_CACHE:
+            _remember(key, self._verify(layers, probe, budget))
+        kept, self.shapes = _PLAN_CACHE[key]
+        self.layers = [layer for layer in layers if layer.name in kept]
+        st.choose_paths(self.layers, self.shapes, problem.k)
+        covered = {n for layer in self.layers for n in layer.param_names}
+        self.fallback = [n for n in problem.diff if n not in covered]
+
+    def _verify(self, layers: list[st.Layer], probe: torch.Tensor, budget: int):
+        """(names of the layers that pass on the probe batch, their Gram shapes)."""
+        problem = self.problem
         feats, bad = _structured_pass(problem, layers, probe) if layers else (None, [])
         if bad:
             layers = [layer for layer in layers if layer.name not in bad]
             feats, _ = _structured_pass(problem, layers, probe) if layers else (None, [])
         kept = _verified(problem, layers, feats, probe, budget) if layers else []
-        self.layers = [layers[i] for i in kept]
-        self.shapes = {}
+        shapes = {}
         for i in kept:
             factors, layer = feats.grams[i], layers[i]
             _, _, groups, t, o = factors.g.shape
             width = (0 if factors.a is None else factors.a.shape[3]) + (layer.bias is not None)
-            self.shapes[layer.name] = (groups, t, width, o)
-        st.choose_paths(self.layers, self.shapes, problem.k)
-        covered = {n for layer in self.layers for n in layer.param_names}
-        self.fallback = [n for n in problem.diff if n not in covered]
+            shapes[layer.name] = (groups, t, width, o)
+        return [layers[i].name for i in kept], shapes
 
     def featurize(self, x: torch.Tensor) -> st.Features:
         feats = st.Features()
@@ -444,6 +458,47 @@ class _StructuredPlan:
         return _Cost(feature, transient, worst_pair * its + fallback.pair)
 
 
+#: verified plans: _plan_key -> (kept layer names, Gram shapes); at most _PLAN_CACHE_SIZE, oldest dropped
+_PLAN_CACHE: dict = {}
+_PLAN_CACHE_SIZE = 64
+
+
+def _plan_key(problem: _Problem, probe: torch.Tensor) -> tuple:
+    """What the verification depends on: this model object and its structure (every module's type,
+    settings and mode), the differentiated parameters' names and shapes, the dtype and device, the
+    shape of one input, and the output_fn. No reference to the model is kept (``id`` only)."""
+    modules = tuple((name, type(m).__qualname__, m.extra_repr(), m.training)
+                    for name, m in problem.model.named_modules())
+    params = tuple((n, tuple(p.shape)) for n, p in problem.diff.items())
+    return (id(problem.model), type(problem.model).__qualname__, modules, params, problem.dtype,
+            str(problem.device), tuple(probe.shape[1:]), probe.dtype,
+            None if problem.output_fn is None else id(problem.output_fn))
+
+
+def _remember(key: tuple, plan) -> None:
+    if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+        del _PLAN_CACHE[next(iter(_PLAN_CACHE))]
+    _PLAN_CACHE[key] = plan
+
+
+#: the probe's Jacobian by plain autograd up to this many (example, output) rows; vmap(jacrev) beyond
+_AUTOGRAD_ROWS = 64
+
+
+def _probe_jacobian(problem: _Problem, names, x: torch.Tensor) -> dict:
+    """Per-example Jacobians {name: (n, k, *shape)} of a few examples by one backward pass per
+    (example, output), which avoids torch.func: its first use imports torch._dynamo (801 modules,
+    1.6-2.8 s). Exact because examples do not interact (checked by ``probe``)."""
+    if len(x) * problem.k > _AUTOGRAD_ROWS:
+        return _jacobian(problem, names, x)
+    diff = {n: problem.diff[n].detach().requires_grad_() for n in names}
+    out = problem.apply(diff, x)
+    rows = [torch.autograd.grad(out[i, c], list(diff.values()), retain_graph=True, allow_unused=True)
+            for i in range(len(x)) for c in range(problem.k)]
+    return {n: torch.stack([torch.zeros_like(diff[n]) if r[j] is None else r[j] for r in rows])
+            .reshape(len(x), problem.k, *diff[n].shape) for j, n in enumerate(diff)}
+
+
 def _verified(problem: _Problem, layers, feats, probe, budget) -> list[int]:
     """Indices of the layers whose structured kernel on the probe batch equals their Jacobian contraction.
 
@@ -458,7 +513,7 @@ def _verified(problem: _Problem, layers, feats, probe, budget) -> list[int]:
     sizes = [sum(problem.diff[n].numel() for n in layer.param_names) for layer in layers]
     kept = []
     for group in _consecutive_groups(sizes, limit):
-        jac = _jacobian(problem, [n for i in group for n in layers[i].param_names], probe)
+        jac = _probe_jacobian(problem, [n for i in group for n in layers[i].param_names], probe)
         for i in group:
             flat = st.Features(flats=[jac[n].reshape(len(probe), problem.k, -1) for n in layers[i].param_names])
             gram = st.Features(grams=[feats.grams[i]])

@@ -74,10 +74,27 @@ def input_state(x1: Tensor, x2: Tensor, *, diagonal: bool = False,
         return KernelState(var1, ntk, var1, var1, ntk, width=d, diagonal=True)
     var2 = (x2 * x2).sum(1) / d
     cov = (x1 @ x2.T).div_(d)
+    _exact_on_copies(cov, x1, x2, var1, var2)
     state = KernelState(cov, torch.zeros_like(cov), var1, var2, torch.zeros_like(var1),
                         width=d, diag_offset=diag_offset)
     state.sync_diagonal()
     return state
+
+
+def _exact_on_copies(cov: Tensor, x1: Tensor, x2: Tensor, var1: Tensor, var2: Tensor) -> None:
+    """Set ``cov[i, j] = var1[i]`` where row i of x1 equals row j of x2, in place.
+
+    A matrix product rounds differently from the row sums of squares, so without this a copy of x
+    (``kernel(x, x.clone())``) would start with ``K != K11`` by an ulp, and the angle
+    ``sqrt(K11·K22 − K²)`` would turn that ulp into 1e-8. Candidates are the pairs with bitwise
+    equal ``var1[i] == var2[j]`` (equal rows have equal sums of squares); each is confirmed by
+    comparing the rows.
+    """
+    rows, cols = torch.nonzero(var1[:, None] == var2[None, :], as_tuple=True)
+    if rows.numel() == 0:
+        return
+    same = (x1[rows] == x2[cols]).all(dim=1)
+    cov[rows[same], cols[same]] = var1[rows[same]]
 
 
 def dense_update(state: KernelState, weight_var: float, bias_var: float, *,

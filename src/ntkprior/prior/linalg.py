@@ -31,11 +31,12 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from ntkprior._threads import op_threads
 from ntkprior.data import check_finite, to_tensor
 
 __all__ = ["SymmetricPSD", "as_symmetric_psd", "is_stored_kernel", "check_symmetric", "finite_or_raise",
-           "fix_signs", "IllConditionedWarning", "JitterWarning", "PSD_RTOL", "COND_WARN",
-           "DuplicateInputsWarning", "DUPLICATE_RTOL"]
+           "fix_signs", "top_eigenpairs", "PARTIAL_SHARE", "IllConditionedWarning", "JitterWarning", "PSD_RTOL",
+           "COND_WARN", "DuplicateInputsWarning", "DUPLICATE_RTOL"]
 
 #: Eigenvalues below ``-PSD_RTOL * lambda_max`` mean the matrix is not positive semi-definite.
 PSD_RTOL = 1e-8
@@ -44,7 +45,33 @@ COND_WARN = 1e10
 #: Jitter tried by ``jitter="auto"``, relative to the mean diagonal: one value per decade.
 JITTER_GRID = tuple(10.0 ** e for e in range(-12, 0))
 _ROW_BLOCK = 1024
-_TILE = 512
+_TILE = 256
+
+
+#: top_eigh(k) uses Lanczos when k <= n / PARTIAL_SHARE, the full decomposition otherwise
+PARTIAL_SHARE = 10
+
+
+def top_eigenpairs(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, k: int, *, tol: float = 0.0,
+                   seed: int = 0, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs (descending) of a symmetric operator by ARPACK's implicitly restarted Lanczos.
+
+    ``matvec`` maps an (n,) or (n, m) tensor to the product; ``tol`` is ARPACK's relative accuracy
+    (0: machine precision); the start vector is drawn from ``seed``. Signs follow :func:`fix_signs`.
+    """
+    import scipy.sparse.linalg
+
+    def apply(v):
+        out = matvec(torch.from_numpy(np.ascontiguousarray(v)).to(device=device, dtype=dtype))
+        return out.cpu().numpy()
+
+    op = scipy.sparse.linalg.LinearOperator((n, n), matvec=apply, matmat=apply, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    w, v = scipy.sparse.linalg.eigsh(op, k=k, which="LA", tol=tol, v0=v0)
+    order = np.argsort(w)[::-1]
+    values = torch.from_numpy(w[order].copy()).to(device=device, dtype=dtype)
+    vectors = torch.from_numpy(v[:, order].copy()).to(device=device, dtype=dtype)
+    return values, fix_signs(vectors)
 
 
 class IllConditionedWarning(UserWarning):
@@ -100,20 +127,42 @@ def _max_asymmetry(m: torch.Tensor) -> float:
     return max(float((m[i:j] - m[:, i:j].T).abs().max()) for i, j in _row_blocks(m.shape[0]))
 
 
-def _symmetrised(m: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``((M + M^T) / 2, max |M - M^T|)`` over the upper triangle of cache-sized tiles.
+def _symmetrised(m: torch.Tensor) -> tuple[torch.Tensor, float, float, torch.Tensor]:
+    """``((M + M^T) / 2, max |M - M^T|, max |S|, row sums of |S|)`` (S the symmetrised matrix) in one
+    pass over the upper triangle of cache-sized tiles: the validation costs no extra pass.
 
-    Measured at n = 4000, one thread: 0.14 s, against 0.49 s for ``m + m.T`` in one go.
+    NaN and inf propagate into the maxima. Measured at n = 4000, one thread: 0.48 s, against
+    0.54 s for the symmetrisation, scale and 1-norm as separate passes (0.49 s for ``m + m.T``
+    alone; a plain copy 0.17 s, most of it first-touch page faults of the new matrix).
     """
-    n, out, asym = m.shape[0], torch.empty_like(m), 0.0
+    n, out, asyms, scales = m.shape[0], torch.empty_like(m), [], []
+    rows = torch.zeros(n, dtype=m.dtype, device=m.device)
+    with op_threads(_TILE * _TILE):                   # cache-sized tiles: one thread
+        _symmetrise_tiles(m, out, asyms, scales, rows)
+    return out, _max_or_nan(asyms), _max_or_nan(scales), rows
+
+
+def _symmetrise_tiles(m, out, asyms, scales, rows) -> None:
+    """The loop of :func:`_symmetrised`: fills ``out`` and ``rows``, appends per-tile maxima."""
+    n = m.shape[0]
     for i in range(0, n, _TILE):
         for j in range(i, n, _TILE):
             a, b = m[i:i + _TILE, j:j + _TILE], m[j:j + _TILE, i:i + _TILE].T
-            asym = max(asym, float((a - b).abs().max()))
-            tile = (a + b).mul_(0.5)
+            asyms.append(float((a - b).abs_().max()))
+            tile = torch.add(a, b).mul_(0.5)
             out[i:i + _TILE, j:j + _TILE] = tile
-            out[j:j + _TILE, i:i + _TILE] = tile.T
-    return out, asym
+            if j != i:
+                out[j:j + _TILE, i:i + _TILE] = tile.T
+            magnitude = tile.abs_()
+            scales.append(float(magnitude.max()))
+            rows[i:i + _TILE] += magnitude.sum(1)
+            if j != i:
+                rows[j:j + _TILE] += magnitude.sum(0)
+
+
+def _max_or_nan(values: list[float]) -> float:
+    """``max(values)``, NaN if any is NaN (Python's ``max`` would skip a NaN after the first value)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 def _finite_scale(m: torch.Tensor, name: str) -> float:
@@ -131,11 +180,6 @@ def _raise_if_asymmetric(name: str, asym: float, scale: float, rtol: float) -> N
             f"{asym / scale:.3g} of the largest entry {scale:.3g} (tolerance {rtol:g}); "
             "a kernel matrix K(x, x) must be symmetric: check how it was computed, "
             "or symmetrise it with (M + M.T) / 2 if the asymmetry is round-off")
-
-
-def _one_norm(m: torch.Tensor) -> float:
-    """``max_j sum_i |M_ij|`` (for a symmetric M, the row sums), computed in row blocks."""
-    return max(float(m[i:j].abs().sum(dim=1).max()) for i, j in _row_blocks(m.shape[0]))
 
 
 def user_stacklevel() -> int:
@@ -252,9 +296,12 @@ class SymmetricPSD:
         if m.shape[0] == 0:
             raise ValueError(f"{name}: is empty; pass a kernel matrix of at least one input")
         self.name = name
-        scale = _finite_scale(m, name)
-        m, asym = _symmetrised(m)
+        sym, asym, scale, self._abs_row_sums = _symmetrised(m)
+        if not (math.isfinite(scale) and math.isfinite(asym)):
+            check_finite(m, name)                    # locates and reports the first NaN / inf
+        m = sym
         _raise_if_asymmetric(name, asym, scale, symmetry_rtol(matrix))
+        self._unregularised_diagonal = m.diagonal().clone()
         self._check_diagonal(m)
         self.mean_diagonal = float(m.diagonal().mean())
         self.ridge = float(diag_reg) * (self.mean_diagonal if reg == "relative" else 1.0)
@@ -271,6 +318,7 @@ class SymmetricPSD:
         self._warned_condition = False
         self._warned_duplicates = False
         self._duplicates: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- validation
     def _check_diagonal(self, m: torch.Tensor) -> None:
@@ -374,7 +422,9 @@ class SymmetricPSD:
 
     def _condition_estimate(self) -> float:
         """1-norm condition number estimated by LAPACK ``pocon`` from the Cholesky factor, O(n^2)."""
-        anorm = _one_norm(self.matrix)
+        # the 1-norm of the matrix as factorised, from the row sums of |M| taken while validating
+        d0 = self._unregularised_diagonal
+        anorm = float((self._abs_row_sums - d0.abs() + self.matrix.diagonal().abs()).max())
         # C-ordered L is the Fortran-ordered upper factor U = L^T: no copy.
         rcond, info = scipy.linalg.lapack.dpocon(self._chol.cpu().numpy().T, anorm, uplo="U")
         return math.inf if rcond == 0 else 1.0 / rcond
@@ -401,6 +451,28 @@ class SymmetricPSD:
             self._check_psd(w)
             self._eig = (w.clamp(min=0.0), fix_signs(v))
         return self._eig
+
+    def top_eigh(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k largest eigenvalues (descending, clipped at 0) and their eigenvectors (n, k).
+
+        From the cached full decomposition when there is one or when k is a large share of n
+        (``k > n / PARTIAL_SHARE``); otherwise by ARPACK's Lanczos iteration (``eigsh``, which="LA",
+        tolerance machine precision, a fixed start vector), O(n^2) per iteration and nothing n x n
+        besides the matrix: measured 0.13 s for k = 10 at n = 4000 against 9.3 s for a full ``eigh``
+        (issue #20). Signs follow :func:`fix_signs`; the result is cached per k.
+        """
+        if self.uses_full_decomposition(k):
+            w, v = self.eigh()
+            return w[self.n - k:].flip(0), v[:, self.n - k:].flip(1)
+        if k not in self._top:
+            w, v = top_eigenpairs(lambda b: self.matrix @ b, self.n, k, dtype=self.matrix.dtype,
+                                  device=self.matrix.device)
+            self._top = {k: (w.clamp(min=0.0), v)}
+        return self._top[k]
+
+    def uses_full_decomposition(self, k: int) -> bool:
+        """Whether :meth:`top_eigh` ``(k)`` takes the full decomposition (cached, or k > n / PARTIAL_SHARE)."""
+        return self._eig is not None or k * PARTIAL_SHARE > self.n
 
     def condition_number(self) -> float:
         """lambda_max / lambda_min: exact if ``eigh()`` has run, else the LAPACK estimate from Cholesky."""

@@ -20,12 +20,11 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse.linalg
 import torch
 
 from ntkprior.data import as_inputs, to_tensor
 from ntkprior.prior.linalg import (IllConditionedWarning, as_symmetric_psd, check_symmetric, finite_or_raise,
-                             fix_signs, is_stored_kernel, symmetry_rtol, user_stacklevel)
+                             fix_signs, is_stored_kernel, symmetry_rtol, top_eigenpairs, user_stacklevel)
 from ntkprior.prior.sources import KernelSource, check_kernel_name, is_kernel_operator, resolve_kernels
 
 __all__ = ["Eigenmodes", "eigenmodes", "count_sign_changes", "DENSE_LIMIT"]
@@ -121,14 +120,7 @@ def _check_stored_k(k, n: int) -> int:
 
 def _lanczos(matvec, n: int, k: int, tol: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k eigenpairs of a symmetric operator by ARPACK's implicitly restarted Lanczos."""
-    op = scipy.sparse.linalg.LinearOperator(
-        (n, n), matvec=lambda v: np.asarray(matvec(torch.from_numpy(np.ascontiguousarray(v)))),
-        matmat=lambda v: np.asarray(matvec(torch.from_numpy(np.ascontiguousarray(v)))),
-        dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    w, v = scipy.sparse.linalg.eigsh(op, k=k, which="LA", tol=tol, v0=v0)
-    order = np.argsort(w)[::-1]
-    return torch.from_numpy(w[order].copy()), fix_signs(torch.from_numpy(v[:, order].copy()))
+    return top_eigenpairs(matvec, n, k, tol=tol, seed=seed)
 
 
 def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str | None = None, *,
@@ -181,9 +173,8 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str | None 
     n = matrix.n if not isinstance(matrix, torch.Tensor) else matrix.shape[0]
     dense = method == "dense" or (method == "auto" and n <= DENSE_LIMIT)
     k = _check_k(k, n, dense)
-    if dense:
-        w, v = as_symmetric_psd(matrix, f"{source.label(kernel)} of the inputs").eigh()
-        values, vectors = w[n - k:].flip(0), v[:, n - k:].flip(1)     # copies only n x k
+    if dense:       # the top k by Lanczos when k << n, else from the full decomposition
+        values, vectors = as_symmetric_psd(matrix, f"{source.label(kernel)} of the inputs").top_eigh(k)
     else:
         if not isinstance(matrix, torch.Tensor):
             matrix = matrix.matrix

@@ -31,6 +31,9 @@ def train_command(arch: str = arch_option(),
                   out: Optional[Path] = out_option("the results: .npz or .json"),
                   fmt: str = format_option(),
                   input_shape: Optional[str] = input_shape_option(),
+                  track_kernel: bool = typer.Option(True, "--track-kernel/--no-track-kernel",
+                                                    help="record the empirical NTK's change at the recorded "
+                                                    "steps (one empirical NTK per network and step)"),
                   ) -> None:
     """Train finite networks of ARCH by gradient descent beside the kernel's prediction, or sweep the width.
 
@@ -51,7 +54,8 @@ def train_command(arch: str = arch_option(),
         emit(fmt, str(sweep), payload)
         return
     net = architecture if chosen is None else architecture.with_width(chosen[0])
-    result = train(net, x, y, x_test, steps, learning_rate, seed, ensemble=ensemble, progress=fmt == "text")
+    result = train(net, x, y, x_test, steps, learning_rate, seed, ensemble=ensemble, track_kernel=track_kernel,
+                   progress=fmt == "text")
     kernel_pred = kernel_predict(net, x, y, x_test, kind="gd-ensemble", t=steps, learning_rate=learning_rate,
                                  cov="diagonal")
     payload = {"arch": str(net), "steps": result.steps, "learning_rate": learning_rate,
