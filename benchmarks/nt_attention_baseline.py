@@ -2,11 +2,13 @@
 
     /opt/ntvenv/bin/python nt_attention_baseline.py SPEC.json INPUTS.npy OUT.npz [--repeats R]
 
-SPEC.json: {"layers": [[name, {kwargs}], ...]} with names ``attention`` (GlobalSelfAttention),
+SPEC.json: {"cases": [LAYERS, ...]} (several networks, one process: JAX starts once), each LAYERS a
+list [[name, {kwargs}], ...] with names ``attention`` (GlobalSelfAttention),
 ``conv1`` (a per-token Conv(out, (1,))), ``dense``, ``relu``, ``layer_norm``, ``residual_attention``
 (x + attention(x)), ``residual_mlp`` (x + conv1 relu conv1), ``global_avg_pool``, ``flatten``.
 INPUTS are (N, C, T) (PyTorch layout), transposed to channels-last here. Writes nngp, ntk and the
-seconds of the first (compiling) call and the median of the repeats; prints one JSON line.
+seconds of the first (compiling) call and the median of the repeats, per case (nngp_0, ntk_0, ...);
+prints one JSON line per case.
 """
 import argparse
 import json
@@ -59,26 +61,30 @@ def main():
     from neural_tangents import stax
     warnings.simplefilter("ignore")
     with open(a.spec) as f:
-        layers = json.load(f)["layers"]
+        cases = json.load(f)["cases"]
     x = jax.numpy.asarray(np.moveaxis(np.load(a.inputs), 1, -1))   # (N, C, T) -> (N, T, C)
-    fn = jax.jit(build(stax, layers)[2], static_argnames=("get",))
+    results = {}
+    for i, layers in enumerate(cases):
+        fn = jax.jit(build(stax, layers)[2], static_argnames=("get",))
 
-    def run():
-        out = fn(x, None, ("nngp", "ntk"))
-        jax.block_until_ready(out)
-        return out
+        def run():
+            out = fn(x, None, ("nngp", "ntk"))
+            jax.block_until_ready(out)
+            return out
 
-    t0 = time.perf_counter()
-    nngp, ntk = run()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(a.repeats):
         t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    median = float(np.median(times)) if times else float("nan")
-    np.savez(a.out, nngp=np.asarray(nngp), ntk=np.asarray(ntk), first=first, median=median)
-    print(json.dumps({"first_s": first, "median_s": median}))
+        nngp, ntk = run()
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        median = float(np.median(times)) if times else float("nan")
+        results.update({f"nngp_{i}": np.asarray(nngp), f"ntk_{i}": np.asarray(ntk), f"first_{i}": first,
+                        f"median_{i}": median})
+        print(json.dumps({"case": i, "first_s": first, "median_s": median}))
+    np.savez(a.out, **results)
 
 
 if __name__ == "__main__":

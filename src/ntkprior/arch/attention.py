@@ -186,3 +186,24 @@ class SelfAttention(Layer):
         args = [str(self.out_channels), str(self.key_channels), str(self.value_channels)]
         args += [f"{k}={v!r}" for k, v in self._options().items() if v != defaults[k]]
         return f"self_attention({', '.join(args)})"
+
+
+def read_attention_module(m: nn.Module, shape: tuple, name: str) -> SelfAttention | None:
+    """``from_torch``'s reading of attention modules: an ``ntp.SelfAttention`` module gives back its
+    own description (its initialisation is the one the kernel describes); ``nn.MultiheadAttention``
+    is refused (None: ``m`` is no attention module)."""
+    if isinstance(m, nn.MultiheadAttention):
+        raise ValueError(f"{name}: nn.MultiheadAttention has no infinite-width kernel here: its queries and keys "
+                         "are independent with 1/sqrt(head_dim) scaling (no closed form at infinite width), its "
+                         "inputs are (T, n, E) or (n, T, E), it returns a tuple, and its default init "
+                         "(xavier_uniform on the packed in-projection, zero biases) is not the parameterisation "
+                         "of the kernel; build the layer with ntp.SelfAttention(...) and arch.build instead, "
+                         "or use ntp.empirical_ntk(module, x)")
+    if not isinstance(m, SelfAttentionModule):
+        return None
+    channels, positions = m.key.shape[1], (m.pos.shape[0] if m.pos is not None else None)
+    if len(shape) < 2 or shape[0] != channels or positions not in (None, math.prod(shape[1:])):
+        raise ValueError(f"{name}: this SelfAttention module was built for {channels} channels"
+                         f"{f' and {positions} positions' if positions else ''}, but receives per-sample "
+                         f"inputs of shape {shape}; check input_shape")
+    return m.layer
