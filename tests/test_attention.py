@@ -352,7 +352,7 @@ def test_attention_on_vectors_and_causal_sqrt_are_refused():
     with pytest.raises(ValueError, match="needs sequences"):
         parse_spec("dense(4) self_attention(4, 4, 4) dense(1)").kernel(torch.randn(3, 5, dtype=F64))
     arch = parse_spec("self_attention(4, 4, 4, mechanism='identity', linear_scaling=False, causal=True) flatten dense(1)")
-    with pytest.raises(ValueError, match="causal"):
+    with pytest.raises(ValueError, match="layer 0 .*causal=True is implemented for linear_scaling=True only"):
         arch.kernel(sequences())
 
 
@@ -376,6 +376,8 @@ def test_from_torch_reads_its_own_module_and_refuses_multihead_attention():
     assert list(read.layers) == [arch.layers[1]]
     with pytest.raises(ValueError, match="receives per-sample inputs of shape"):
         ntp.from_torch(nn.Sequential(att), (5, 6))
+    with pytest.raises(ValueError, match="from_parameters=True does not estimate"):
+        ntp.from_torch(nn.Sequential(att), (8, 6), from_parameters=True)
     with pytest.raises(ValueError, match=r"0: nn.MultiheadAttention .*ntp.SelfAttention"):
         ntp.from_torch(nn.Sequential(nn.MultiheadAttention(8, 2)), (8, 6))
 

@@ -129,11 +129,6 @@ class SelfAttention(Layer):
         self.mechanism, self.linear_scaling = mechanism, linear_scaling
         self.pos_emb, self.val_pos_emb, self.causal = pos_emb, val_pos_emb, causal
 
-    @property
-    def has_kernel(self) -> bool:
-        """Whether the infinite-width kernel has a closed form (see the class docstring)."""
-        return self.linear_scaling or self.mechanism == "identity"
-
     def out_shape(self, in_shape, where):
         if len(in_shape) < 2:
             raise ValueError(f"{where} ({self.spec()}): needs sequences (n, C, T) of T tokens with C features, but "
@@ -145,13 +140,18 @@ class SelfAttention(Layer):
         return SelfAttentionModule(self, tuple(in_shape), generator, dtype)
 
     def check_kernel(self, where: str) -> None:
-        """Refuse, before any work, a mechanism whose limit kernel has no closed form."""
-        if not self.has_kernel:
-            raise ValueError(f"{where}: with linear_scaling=False the {self.mechanism} attention "
-                             "weights stay random Gaussian logits at infinite width and the kernel is an "
-                             "expectation with no known closed form (Hron et al. 2020; neural-tangents raises "
-                             "too); use linear_scaling=True, or mechanism='identity', or ntp.empirical_ntk on "
-                             "the finite network")
+        """Refuse, before any work, options whose limit kernel has no closed form (or is not implemented)."""
+        if self.linear_scaling:
+            return
+        if self.mechanism != "identity":
+            raise ValueError(f"{where}: with linear_scaling=False the {self.mechanism} attention weights stay "
+                             "random Gaussian logits at infinite width and the kernel is an expectation with no "
+                             "known closed form (Hron et al. 2020; neural-tangents raises too); use "
+                             "linear_scaling=True, or mechanism='identity', or ntp.empirical_ntk on the finite "
+                             "network")
+        if self.causal:
+            raise ValueError(f"{where}: causal=True is implemented for linear_scaling=True only (the square-root "
+                             "identity kernel here sums over all keys); use linear_scaling=True")
 
     def map_kernel(self, state):
         self.check_kernel(self.spec())
@@ -162,9 +162,6 @@ class SelfAttention(Layer):
             ka.self_attention_linear(state, qk_std=qk, ov_std=ov, bias_var=bias_var, mechanism=self.mechanism,
                                      causal=self.causal, pos_var=pos_var, val_pos_emb=self.val_pos_emb)
         else:
-            if self.causal:
-                raise ValueError("self_attention: causal=True is implemented for linear_scaling=True only (the "
-                                 "square-root identity kernel sums over all keys)")
             ka.self_attention_sqrt_identity(state, qk_std=qk, ov_std=ov, bias_var=bias_var, pos_var=pos_var,
                                             val_pos_emb=self.val_pos_emb)
         state.width = self.out_channels
@@ -188,10 +185,11 @@ class SelfAttention(Layer):
         return f"self_attention({', '.join(args)})"
 
 
-def read_attention_module(m: nn.Module, shape: tuple, name: str) -> SelfAttention | None:
+def read_attention_module(m: nn.Module, shape: tuple, name: str, from_parameters: bool) -> SelfAttention | None:
     """``from_torch``'s reading of attention modules: an ``ntp.SelfAttention`` module gives back its
     own description (its initialisation is the one the kernel describes); ``nn.MultiheadAttention``
-    is refused (None: ``m`` is no attention module)."""
+    is refused, and so is ``from_parameters=True`` (its stds are not estimated). None: ``m`` is no
+    attention module."""
     if isinstance(m, nn.MultiheadAttention):
         raise ValueError(f"{name}: nn.MultiheadAttention has no infinite-width kernel here: its queries and keys "
                          "are independent with 1/sqrt(head_dim) scaling (no closed form at infinite width), its "
@@ -201,6 +199,9 @@ def read_attention_module(m: nn.Module, shape: tuple, name: str) -> SelfAttentio
                          "or use ntp.empirical_ntk(module, x)")
     if not isinstance(m, SelfAttentionModule):
         return None
+    if from_parameters:
+        raise ValueError(f"{name}: from_parameters=True does not estimate a SelfAttention module's stds from its "
+                         "parameters; pass from_parameters=False to read the stds it was built with")
     channels, positions = m.key.shape[1], (m.pos.shape[0] if m.pos is not None else None)
     if len(shape) < 2 or shape[0] != channels or positions not in (None, math.prod(shape[1:])):
         raise ValueError(f"{name}: this SelfAttention module was built for {channels} channels"

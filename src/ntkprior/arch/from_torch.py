@@ -139,7 +139,7 @@ class _Reader:
             return GlobalAvgPool()
         if kind is nn.LayerNorm:
             return self.layer_norm(m, shape, name)
-        attention = read_attention_module(m, shape, name)
+        attention = read_attention_module(m, shape, name, self.from_parameters)
         if attention is not None:
             return attention
         raise ValueError(f"{name}: nn.{kind.__name__} has no closed-form kernel; use "
