@@ -72,16 +72,16 @@ READOUTS = (("global_avg_pool", ntp.GlobalAvgPool()), ("flatten", ntp.Flatten())
 
 @pytest.mark.skipif(not os.path.exists(NT_PYTHON), reason="neural-tangents venv absent (make-nt-venv.sh)")
 def test_attention_networks_equal_neural_tangents(tmp_path):
-    # Every mechanism, both scalings, positional embeddings, both readouts: conv(8, 1) attention
+    # Every mechanism, both scalings, positional embeddings, two readouts: conv(8, 1) attention
     # relu attention readout dense(1), and a transformer (per-token dense, residual attention, layer
     # norm, residual per-token MLP, layer norm, global average pool, dense). Both are float64
     # computations of the same formulas: agreement to rounding. NT's relu NTK clips its cosine
     # (1e-10 relative measured), hence rtol 1e-8.
     x = sequences()
     ours, theirs = [], []
-    for options in ATTENTION_CASES:
+    for i, options in enumerate(ATTENTION_CASES):
         att = ntp.SelfAttention(8, 8, 8, **options)
-        for name, readout in READOUTS:
+        for name, readout in READOUTS if i == 0 else READOUTS[:1]:     # flatten once (JAX compiles each)
             ours.append(ntp.serial(ntp.Conv(8, 1, bias_std=0.2), att, ntp.ReLU(), att, readout, ntp.Dense(1)))
             theirs.append([["conv1", {"width": 8, "b_std": 0.2}], ["attention", _nt_kwargs(att)], ["relu", {}],
                            ["attention", _nt_kwargs(att)], [name, {}], ["dense", {"width": 1}]])
@@ -226,12 +226,15 @@ def test_ntk_after_a_trained_layer_matches_finite_networks(options):
     # conv(1024, 1) relu attention flatten dense(2): the input NTK Θ enters as G Θ Gᵀ (and the
     # embedding's gradient as σ_p² I). The attention weights' dependence on the conv's parameters
     # vanishes only as the conv widens: at 128 channels it still adds 15-30 % (measured), at 1024
-    # the error is 0.015 (16 networks); 8 networks here, tolerance 0.06 (~25 s each).
+    # the error is 0.011-0.015 with 16 networks, 0.04 with 8 (the scatter of single networks'
+    # NTKs; measured); 8 networks here, tolerance 0.08 (~25 s each). Dropping the 2 G K Gᵀ term is
+    # off by 0.55, the G Θ Gᵀ term by 0.17 (softmax) and 0.11 (pos_emb) — computed; the agreement
+    # with neural-tangents to 1e-8 pins both more tightly.
     x = sequences(n=4, t=5)
     att = ntp.SelfAttention(64, 1024, 64, n_heads=4, **options)
     arch = ntp.serial(ntp.Conv(1024, 1, bias_std=0.3), ntp.ReLU(), att, ntp.Flatten(), ntp.Dense(2))
     exact = arch.kernel(x)
-    assert relative_frobenius(monte_carlo_ntk(arch, x, seeds=range(8), units=2), exact.ntk) < 0.06
+    assert relative_frobenius(monte_carlo_ntk(arch, x, seeds=range(8), units=2), exact.ntk) < 0.08
 
 
 @pytest.mark.slow
