@@ -3,7 +3,6 @@ closed forms, Monte Carlo over finite networks built by ``arch.build``, exact sy
 finite module, the spec grammar, from_torch, training."""
 
 import json
-import math
 import os
 import subprocess
 from pathlib import Path
@@ -318,7 +317,7 @@ def test_cross_kernels_are_blocks_of_the_whole(options):
 
 def test_flatten_readout_drops_to_the_position_diagonal_after_attention():
     # the full covariance is carried up to the attention layer only; the kernel equals the one
-    # computed with the full state all the way (an explicit global pool of ones is not needed)
+    # computed with the full state carried through every layer
     x = sequences(n=4, t=5)
     arch = parse_spec("conv(8, 1) self_attention(8, 8, 8) relu conv(8, 3) relu flatten dense(1)")
     plan = arch._plan(tuple(x.shape[1:]))
