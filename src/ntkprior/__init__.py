@@ -52,6 +52,7 @@ _PUBLIC = {
                                        "learning_curve", "measure_learning_curve", "pool_spectrum",
                                        "spectral_learning_curve"],
     "ntkprior.dynamics.learning_curves": ["TrainedCurve", "trained_learning_curve"],
+    "ntkprior.arch.attention": ["SelfAttention"],
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 #: public module names kept from the flat layout

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ntkprior.arch import layers as L
+from ntkprior.arch.attention import read_attention_module
 from ntkprior.arch.branching import Sum
 from ntkprior.arch.conv import Conv
 from ntkprior.arch.normalization import LayerNorm
@@ -138,6 +139,9 @@ class _Reader:
             return GlobalAvgPool()
         if kind is nn.LayerNorm:
             return self.layer_norm(m, shape, name)
+        attention = read_attention_module(m, shape, name, self.from_parameters)
+        if attention is not None:
+            return attention
         raise ValueError(f"{name}: nn.{kind.__name__} has no closed-form kernel; use "
                          "ntp.empirical_ntk(module, x) for this model")
 

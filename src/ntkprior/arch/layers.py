@@ -614,6 +614,8 @@ def check_composition(layers, where: str = "layer ", flow: Flow | None = None, *
     flow = Flow() if flow is None else flow
     for i, layer in enumerate(layers):
         here = f"{where}{i} ({layer.spec()})"
+        if hasattr(layer, "check_kernel"):      # a layer whose kernel exists only for some options
+            layer.check_kernel(here)
         if layer.kind == "weighted":
             flow = Flow(gaussian=True, raw=False, fresh=True, weighted=True, previous=layer)
         elif layer.kind == "activation":

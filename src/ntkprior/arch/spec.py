@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from ntkprior.arch import layers as L
+from ntkprior.arch.attention import SelfAttention
 from ntkprior.arch.branching import Sum
 from ntkprior.arch.conv import Conv
 from ntkprior.arch.normalization import LayerNorm
@@ -39,6 +40,7 @@ LAYERS = {
 }
 LAYERS.update({"conv": Conv, "avg_pool": AvgPool, "global_avg_pool": GlobalAvgPool, "flatten": Flatten,
                "layer_norm": LayerNorm})
+LAYERS["self_attention"] = SelfAttention
 #: branch names written ``name(args){branch | branch}``
 GROUPS = ("residual", "sum", "concat")
 _ALIASES = {"linear": "identity", "swish": "silu", "leakyrelu": "leaky_relu", "fc": "dense"}
