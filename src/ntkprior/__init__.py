@@ -42,6 +42,7 @@ _PUBLIC = {
                                        "learning_curve", "measure_learning_curve", "pool_spectrum",
                                        "spectral_learning_curve"],
     "ntkprior.dynamics.learning_curves": ["TrainedCurve", "trained_learning_curve"],
+    "ntkprior.prior.similarity": ["Similarity", "similar"],
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 #: public module names kept from the flat layout

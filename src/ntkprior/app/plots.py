@@ -683,3 +683,47 @@ def _draw_learnability(ax, learnability, sizes, eigenvalues, max_modes: int, xla
 
 
 __all__ += ["learning_curves"]
+
+
+# ================================================================================== similarity
+def _draw_input(ax, x: np.ndarray) -> None:
+    """One input: an image (C, H, W) as a grey map of its channel mean, else a line over its features."""
+    if x.ndim == 3:
+        ax.imshow(x.mean(axis=0), cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    else:
+        ax.plot(x.reshape(-1), "-", lw=1.0, color=CYCLE[0])
+        ax.set_xticks([])
+        ax.tick_params(labelsize=7)
+
+
+@_styled
+def similar_inputs(queries, neighbours, similarity, *, labels: Sequence[str] | None = None,
+                   title: str | None = None) -> Figure:
+    """Each query (first column) beside its most similar pool inputs, titled with the normalised
+    kernel value s = k(x, x')/sqrt(k(x, x) k(x', x')).
+
+    queries (q, ...); neighbours (q, k, ...) the pool inputs shown per query; similarity (q, k).
+    Images (C, H, W) are drawn as pictures (channel mean), vectors and signals as lines.
+    ``labels`` (k,) names the columns (default "neighbour 1", ...).
+    """
+    q_in = _array(queries, "queries")
+    nb = _array(neighbours, "neighbours")
+    s = _array(similarity, "similarity", 2)
+    if nb.shape[:2] != s.shape or nb.shape[0] != q_in.shape[0]:
+        raise ValueError(f"neighbours: expected shape (queries, k, ...) = {s.shape} + input shape, got {nb.shape}")
+    n_q, k = s.shape
+    names = list(labels) if labels is not None else [f"neighbour {j + 1}" for j in range(k)]
+    fig, axes = _figure(n_q, k + 1, width=1.5 * (k + 1), height=1.5 * n_q + 0.4)
+    for i in range(n_q):
+        _draw_input(axes[i, 0], q_in[i])
+        axes[i, 0].set_title("query", fontsize=8)
+        for j in range(k):
+            _draw_input(axes[i, j + 1], nb[i, j])
+            axes[i, j + 1].set_title(f"{names[j]}\ns = {s[i, j]:.4f}", fontsize=8)
+    return _finish(fig, title)
+
+
+__all__ += ["similar_inputs"]

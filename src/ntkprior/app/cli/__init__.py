@@ -8,6 +8,7 @@ code 2 and a message naming the problem, never a traceback.
 
 from ntkprior.app.cli import kernel, prior, report, training  # noqa: F401  (registers the commands)
 from ntkprior.app.cli import curve  # noqa: F401  (registers ntkprior curve)
+from ntkprior.app.cli import similar  # noqa: F401  (registers ntkprior similar)
 from ntkprior.app.cli.base import app
 
 __all__ = ["app"]
