@@ -727,3 +727,84 @@ def similar_inputs(queries, neighbours, similarity, *, labels: Sequence[str] | N
 
 
 __all__ += ["similar_inputs"]
+
+
+# ================================================================================== MNIST-1D
+@_styled
+def accuracy_bars(groups: Mapping[str, Mapping[str, float]], *, title: str | None = None,
+                  ylabel: str = "test accuracy") -> Figure:
+    """Grouped bars: ``groups[group][label] = accuracy`` (one colour per group, e.g. standard / shuffled)."""
+    labels = list(dict.fromkeys(k for g in groups.values() for k in g))
+    fig, axes = _figure(width=max(6.4, 0.55 * len(labels) + 2), height=4.2)
+    ax = axes[0, 0]
+    step = 0.8 / max(len(groups), 1)
+    for i, (group, values) in enumerate(groups.items()):
+        pos = [j + (i - (len(groups) - 1) / 2) * step for j, k in enumerate(labels) if k in values]
+        ax.bar(pos, [values[k] for k in labels if k in values], width=step, color=CYCLE[i % len(CYCLE)], label=group)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _finish(fig, title)
+
+
+@_styled
+def cumulative_shares(curves: Mapping[str, object], *, title: str | None = None,
+                      ylabel: str = "share of the label energy in the top k modes") -> Figure:
+    """``curves[name]`` (n,) per-mode shares, drawn cumulatively against k (log scale)."""
+    fig, axes = _figure(width=6.4, height=4.2)
+    ax = axes[0, 0]
+    for i, (name, share) in enumerate(curves.items()):
+        s = _array(share, f"curves[{name!r}]", 1)
+        ax.semilogx(np.arange(1, s.size + 1), np.cumsum(s), "-", color=CYCLE[i % len(CYCLE)], label=name)
+    ax.set_xlabel("k (modes, largest eigenvalue first)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    return _finish(fig, title)
+
+
+@_styled
+def signal_modes(panels: Mapping[str, object], *, title: str | None = None, xlabel: str = "position") -> Figure:
+    """One column per ``panels[name]`` (modes, L): each mode's input-space pattern as a signal, mode 1 on top."""
+    arrays = {k: _array(v, f"panels[{k!r}]", 2) for k, v in panels.items()}
+    rows = max(a.shape[0] for a in arrays.values())
+    fig, axes = _figure(rows, len(arrays), width=3.2 * len(arrays), height=1.1 * rows + 0.6, sharex=True)
+    for j, (name, a) in enumerate(arrays.items()):
+        axes[0, j].set_title(name, fontsize=9)
+        for i in range(rows):
+            ax = axes[i, j]
+            if i < a.shape[0]:
+                ax.plot(a[i], "-", color=CYCLE[j % len(CYCLE)], lw=1.2)
+                ax.set_ylabel(f"mode {i + 1}", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[-1, j].set_xlabel(xlabel)
+    return _finish(fig, title)
+
+
+@_styled
+def orbit_kernels(matrices: Mapping[str, object], spectra: Mapping[str, tuple], *,
+                  title: str | None = None) -> Figure:
+    """Top row: each kernel on the L circular shifts of one signal (a circulant matrix is constant
+    along its wrapped diagonals). Bottom: its eigenvalues beside the DFT of its circulant part."""
+    fig, axes = _figure(2, len(matrices), width=3.0 * len(matrices), height=5.6)
+    for j, (name, k) in enumerate(matrices.items()):
+        m = _array(k, f"matrices[{name!r}]", 2)
+        ax = axes[0, j]
+        ax.imshow(m, cmap=SEQUENTIAL, interpolation="nearest", vmin=min(0.0, m.min()), vmax=m.max())
+        ax.grid(False)
+        ax.set_title(name, fontsize=8.5)
+        ax.set_xlabel("shift b")
+        ax.set_ylabel("shift a")
+        eig, dft = (_array(v, name, 1) for v in spectra[name])
+        ax = axes[1, j]
+        idx = np.arange(1, eig.size + 1)
+        ax.semilogy(idx, np.clip(eig, 1e-16, None), "o", ms=3.5, mfc="none", color=CYCLE[0], label="eigenvalues")
+        ax.semilogy(idx, np.clip(dft, 1e-16, None), ".", ms=3, color=CYCLE[1], label="DFT of the circulant part")
+        ax.set_xlabel("index")
+        if j == 0:
+            ax.legend(fontsize=7)
+    return _finish(fig, title)
+
+
+__all__ += ["accuracy_bars", "cumulative_shares", "signal_modes", "orbit_kernels"]
