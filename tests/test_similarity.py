@@ -107,3 +107,52 @@ def test_cli_similar_writes_indices_and_figure(tmp_path):
     bad = run("--k", "50")
     assert bad.exit_code == 2 and "--k: expected between 1 and the pool size 12" in bad.output
     assert "Traceback" not in bad.output
+
+
+# ====================================================================== the lion-and-husky study
+from ntkprior.studies import similarity as study
+
+
+def test_composed_images_are_deterministic_and_alpha_composited():
+    a, b = study.backgrounds(), study.backgrounds()
+    assert list(a) == list(study.BACKGROUNDS)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+        assert a[name].shape == (12, 12) and a[name].min() >= 0 and a[name].max() <= 1
+    np.testing.assert_array_equal(a["vertical stripes"], a["horizontal stripes"].T)
+    objects, labels = study.digits()
+    assert objects.shape == (1797, 8, 8) and objects.max() == 1.0
+    x = study.compose(objects[:3], 0.5 * a["checkerboard"])
+    assert x.shape == (3, 1, 12, 12)
+    np.testing.assert_array_equal(x[:, 0, :2], np.broadcast_to(0.5 * a["checkerboard"][:2], (3, 2, 12)))  # border: c·b
+    inner = x[:, 0, 2:10, 2:10]
+    np.testing.assert_allclose(inner, (1 - objects[:3]) * 0.5 * a["checkerboard"][2:10, 2:10] + objects[:3])
+    q1 = study.quadruples(20, labels, np.arange(1000, 1797), seed=3)
+    np.testing.assert_array_equal(q1, study.quadruples(20, labels, np.arange(1000, 1797), seed=3))
+    assert np.all(labels[q1[:, 0]] != labels[q1[:, 1]]) and np.all(q1[:, 2] != q1[:, 3])
+    with pytest.raises(ValueError, match=r"objects: expected \(n, 8, 8\)"):
+        study.compose(np.zeros((2, 4, 4)), a["gradient"])
+
+
+def test_same_object_fraction_agrees_with_similar():
+    objects, labels = study.digits()
+    quads = study.quadruples(5, labels, np.arange(1000, 1797), seed=0)
+    images = study.triples(objects, quads, 0.5)
+    arch = parse_spec("conv(8, 3, weight_std=1.4, bias_std=0.1) relu global_avg_pool dense(1)")
+    got = study.same_object_fraction(lambda trio: arch.kernel(trio).ntk, images)
+    for i, trio in enumerate(images):
+        ref = ntp.similar(arch, trio[:1], trio[1:], k=2)
+        np.testing.assert_allclose(got["similarity"][i].numpy(), ref.matrix[0], atol=1e-12)
+    wins = [ntp.similar(arch, t[:1], t[1:], k=1).indices[0, 0] == 0 for t in images]
+    assert got["fraction"] == pytest.approx(np.mean(wins))
+
+
+@pytest.mark.slow      # ~14 s alone
+def test_quick_similarity_report_writes_its_files(tmp_path):
+    result = CliRunner().invoke(app, ["report", "--study", "similarity", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    for contrast in ("0.25", "0.5", "1.0"):
+        assert all(0 <= v <= 1 for v in res["same_object_fraction"][contrast].values())
+    assert {"before", "after", "held_out_accuracy"} <= set(res["after"])
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["triptych_after.png", "triptych_exact.png"]
