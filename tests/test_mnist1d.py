@@ -101,6 +101,17 @@ def test_missing_package_names_the_extra(monkeypatch):
         study.load_mnist1d()
 
 
+def test_report_refuses_options_and_a_missing_package_in_one_line(monkeypatch, tmp_path):
+    from ntkprior.app.cli import app
+    from ntkprior.app.report import build_report
+    with pytest.raises(ValueError, match="arch: the MNIST-1D study runs on its own data"):
+        build_report(tmp_path, study="mnist1d", arch="dense(8) relu dense(1)")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    result = CliRunner().invoke(app, ["report", "--study", "mnist1d", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "pip install 'ntkprior[studies]'" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_shuffled_variant_is_the_same_signals_with_permuted_positions(small):
     standard, shuffled = small
     assert standard.x.shape == (240, 1, 40) and shuffled.x_test.shape == (60, 1, 40)

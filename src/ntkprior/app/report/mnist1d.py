@@ -4,6 +4,7 @@ and the circulant structure on a signal's orbit of shifts."""
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 
 import numpy as np
@@ -190,6 +191,8 @@ def plan(sizes, seed: int, **options) -> Plan:
     if options:
         raise ValueError(f"{', '.join(options)}: the MNIST-1D study runs on its own data and architectures; "
                          "drop these options")
+    if importlib.util.find_spec("mnist1d") is None:
+        raise ValueError("study: the MNIST-1D study needs the mnist1d package: pip install 'ntkprior[studies]'")
     mine = study.QUICK if sizes == DOCUMENT_QUICK else study.FULL
     return Plan("MNIST-1D: what a CNN's prior knows that an MLP's does not",
                 "Exact kernels, trained networks, eigenmodes and symmetry on the benchmark of",
