@@ -156,3 +156,18 @@ def test_quick_similarity_report_writes_its_files(tmp_path):
         assert all(0 <= v <= 1 for v in res["same_object_fraction"][contrast].values())
     assert {"before", "after", "held_out_accuracy"} <= set(res["after"])
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["triptych_after.png", "triptych_exact.png"]
+
+
+def test_a_stored_kernel_gives_the_architectures_answer(tmp_path):
+    pytest.importorskip("zarr")
+    from dask.distributed import Client
+    from ntkprior.scale.distributed import kernel_matrix
+    arch = parse_spec(MLP)
+    q, pool = _data((5,))
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+        stored = kernel_matrix(arch, pool, store=tmp_path / "K.zarr", block=8, client=client)
+    # the pool-pool kernel from the store (its diagonal), the query blocks from the recorded architecture
+    got = ntp.similar(stored, q, pool, k=4)
+    want = ntp.similar(arch, q, pool, k=4)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.similarity, want.similarity, atol=1e-12)

@@ -26,10 +26,13 @@ import numpy as np
 import torch
 
 from ntkprior.arch.spec import parse_spec
+from ntkprior.prior.linalg import fix_signs
 from ntkprior.studies.progress import Progress
 from ntkprior.studies.result import StudyResult
 
 __all__ = ["PUBLISHED", "SPECS", "Mnist1d", "load_mnist1d", "kernel_classifier", "KernelClassifier",
+           "TrainedClassifier", "train_classifier", "label_modes", "mode_signals", "shift_invariance",
+           "Mnist1dSizes", "FULL", "QUICK", "mnist1d_study", "orbit_symmetry",
            "circular_shifts", "circulant_part", "circulant_distance", "circulant_eigenvalues"]
 
 #: Test accuracy reported by Greydanus (2020), "Scaling down deep learning", table 1 (and the
@@ -245,8 +248,7 @@ def mode_signals(train: torch.Tensor, x: torch.Tensor, modes: int) -> torch.Tens
     signal weighted by how much each example loads on the mode).
     """
     _, v = torch.linalg.eigh(train)
-    top = v[:, -modes:].flip(1)
-    top = top * torch.sign(top.sum(0, keepdim=True) + 1e-300)     # sign: mean loading positive
+    top = fix_signs(v[:, -modes:].flip(1))          # the library's sign convention for eigenvectors
     return top.T @ x.reshape(x.shape[0], -1)
 
 
