@@ -73,7 +73,8 @@ def accuracy_section(rep: Report, result, sizes) -> None:
         headers = ["model", "results.json key", "train / test", "standard", "shuffled", "ridge (std)",
                    "ridge (shuf)", "published (std)", "published (shuf)"]
         sec.blocks.append(table(headers, _kernel_rows(numbers, sizes) + _trained_rows(numbers, sizes),
-                                "Test accuracy. Published: Greydanus (2020), logistic regression 32 %. "
+                                "Test accuracy. Published: the authors' trained MLP and CNN (Greydanus 2020), shown on "
+                                "the NTK rows for comparison; their logistic regression: 32 %. "
                                 "The GAP CNN's kernels carry positions² per pair and run on a subset (train / test "
                                 "column).", "numbers"))
         with rep.task("accuracy figure"):
@@ -160,6 +161,8 @@ def symmetry_section(rep: Report, result) -> None:
                      "(x·y is unchanged by shifting both inputs); zero padding and strides break it.") as sec:
         rep.results["symmetry"] = {"circulant_distance": result.numbers["orbit_circulant_distance"]}
         rows = [[t, fmt(o["distance"], 3)] for t, o in orbit.items()]
+        rep.finding("distance of the orbit NTK from a circulant matrix: "
+                    + ", ".join(f"{t} {fmt(o['distance'], 2)}" for t, o in orbit.items()) + ".")
         sec.blocks.append(table(["kernel", "‖K − circulant(K)‖ / ‖K‖ = off-diagonal share in the Fourier basis"],
                                 rows, "0 up to round-off means: Fourier modes are exact eigenvectors.", "numbers"))
         with rep.task("orbit figure"):
