@@ -27,17 +27,18 @@ def _triptych(rep: Report, sec, result, kernel: str, name: str, shown: int) -> N
 
 
 def run(rep: Report, sizes, seed: int) -> dict:
-    with rep.task("similarity study (kernels, finite CNN)"):
-        result = study.similarity_study(sizes, rep.progress, seed)
-    numbers = result.numbers
-    fractions = numbers["same_object_fraction"]
     contrasts = [str(c) for c in study.CONTRASTS]
     base = list(study.exact_specs())
-    intro = (f"{numbers['quadruples']} quadruples (A, B, background 1, background 2) of held-out digits A, B of different "
+    intro = (f"{sizes.quadruples} quadruples (A, B, background 1, background 2) of held-out digits A, B of different "
              "classes and two of the backgrounds " + ", ".join(study.BACKGROUNDS) + ". A kernel votes for the object "
              "when the query (A on 1) is more similar to A on 2 than to B on 1 by s = k(x,x')/sqrt(k(x,x)k(x',x')). "
-             "The background's contrast c decides much of the answer, so it is swept.")
+             "The background's contrast c decides much of the answer, so it is swept. This section's time is the "
+             "whole study's.")
     with rep.section("objects", "1. Same object or same background?", intro) as sec:
+        with rep.task("similarity study (kernels, finite CNN)"):
+            result = study.similarity_study(sizes, rep.progress, seed)
+        numbers = result.numbers
+        fractions = numbers["same_object_fraction"]
         rep.results["same_object_fraction"] = fractions
         rows = [[t, *(_pct(fractions[c][t]) for c in contrasts)] for t in base]
         sec.blocks.append(table(["exact NTK", *(f"contrast {c}" for c in contrasts)], rows,
