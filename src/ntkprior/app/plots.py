@@ -686,17 +686,18 @@ __all__ += ["learning_curves"]
 
 
 # ================================================================================== similarity
-def _draw_input(ax, x: np.ndarray) -> None:
-    """One input: an image (C, H, W) as a grey map of its channel mean, else a line over its features."""
+def _draw_input(ax, x: np.ndarray, label: str) -> None:
+    """One input: an image (C, H, W) as a grey map of its channel mean, else a line over its features;
+    ``label`` below it."""
     if x.ndim == 3:
         ax.imshow(x.mean(axis=0), cmap="gray", interpolation="nearest")
-        ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
     else:
         ax.plot(x.reshape(-1), "-", lw=1.0, color=CYCLE[0])
-        ax.set_xticks([])
         ax.tick_params(labelsize=7)
+    ax.set_xticks([])
+    ax.set_xlabel(label, fontsize=8)
 
 
 @_styled
@@ -718,11 +719,12 @@ def similar_inputs(queries, neighbours, similarity, *, labels: Sequence[str] | N
     names = list(labels) if labels is not None else [f"neighbour {j + 1}" for j in range(k)]
     fig, axes = _figure(n_q, k + 1, width=1.5 * (k + 1), height=1.5 * n_q + 0.4)
     for i in range(n_q):
-        _draw_input(axes[i, 0], q_in[i])
-        axes[i, 0].set_title("query", fontsize=8)
+        axes[i, 0].set_ylabel(f"query {i + 1}", fontsize=8)
+        _draw_input(axes[i, 0], q_in[i], "query")
         for j in range(k):
-            _draw_input(axes[i, j + 1], nb[i, j])
-            axes[i, j + 1].set_title(f"{names[j]}\ns = {s[i, j]:.4f}", fontsize=8)
+            _draw_input(axes[i, j + 1], nb[i, j], f"s = {s[i, j]:.4f}")
+    for j, name in enumerate(["query"] + names):
+        axes[0, j].set_title(name, fontsize=8)
     return _finish(fig, title)
 
 
@@ -742,6 +744,7 @@ def accuracy_bars(groups: Mapping[str, Mapping[str, float]], *, title: str | Non
         pos = [j + (i - (len(groups) - 1) / 2) * step for j, k in enumerate(labels) if k in values]
         ax.bar(pos, [values[k] for k in labels if k in values], width=step, color=CYCLE[i % len(CYCLE)], label=group)
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("model")
     ax.set_ylim(0, 1)
     ax.set_ylabel(ylabel)
     ax.legend()
@@ -766,19 +769,20 @@ def cumulative_shares(curves: Mapping[str, object], *, title: str | None = None,
 
 @_styled
 def signal_modes(panels: Mapping[str, object], *, title: str | None = None, xlabel: str = "position") -> Figure:
-    """One column per ``panels[name]`` (modes, L): each mode's input-space pattern as a signal, mode 1 on top."""
+    """One panel per ``panels[name]`` (modes, L): each mode's input-space pattern as a signal, scaled to
+    the same height and stacked, mode 1 on top."""
     arrays = {k: _array(v, f"panels[{k!r}]", 2) for k, v in panels.items()}
     rows = max(a.shape[0] for a in arrays.values())
-    fig, axes = _figure(rows, len(arrays), width=3.2 * len(arrays), height=1.1 * rows + 0.6, sharex=True)
+    fig, axes = _figure(1, len(arrays), width=3.2 * len(arrays), height=0.75 * rows + 1.2)
     for j, (name, a) in enumerate(arrays.items()):
-        axes[0, j].set_title(name, fontsize=9)
-        for i in range(rows):
-            ax = axes[i, j]
-            if i < a.shape[0]:
-                ax.plot(a[i], "-", color=CYCLE[j % len(CYCLE)], lw=1.2)
-                ax.set_ylabel(f"mode {i + 1}", fontsize=8)
-            ax.tick_params(labelsize=7)
-        axes[-1, j].set_xlabel(xlabel)
+        ax = axes[0, j]
+        for i in range(a.shape[0]):
+            scale = np.abs(a[i]).max() or 1.0
+            ax.plot(a[i] / scale - 2.4 * i, "-", color=CYCLE[j % len(CYCLE)], lw=1.2)
+        ax.set_yticks(-2.4 * np.arange(a.shape[0]), [f"mode {i + 1}" for i in range(a.shape[0])], fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+    axes[0, 0].set_ylabel("each mode scaled to max |m| = 1")
     return _finish(fig, title)
 
 
