@@ -60,6 +60,13 @@ def _figures(rng):
             {"x1": {"n": times[1:], "theory": 1 / times[1:], "measured": ([4, 16], [0.3, 0.07], [0.05, 0.01])}},
             learnability=times[1:, None] / (times[1:, None] + values[:5]), learnability_n=times[1:],
             eigenvalues=values[:5]),
+        "similar_inputs": plots.similar_inputs(rng.random((2, 1, 6, 6)), rng.random((2, 2, 1, 6, 6)),
+                                               [[0.9, 0.8], [0.7, 0.6]]),
+        "accuracy_bars": plots.accuracy_bars({"standard": {"mlp": 0.6, "cnn": 0.9}, "shuffled": {"mlp": 0.6}}),
+        "cumulative_shares": plots.cumulative_shares({"CNN": np.full(30, 1 / 30), "MLP": values / values.sum()}),
+        "signal_modes": plots.signal_modes({"CNN": vectors[:4], "MLP": vectors[4:8]}),
+        "orbit_kernels": plots.orbit_kernels({"a": vectors @ np.diag(values) @ vectors.T},
+                                             {"a": (values, values)}),
     }
 
 

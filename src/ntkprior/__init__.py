@@ -53,6 +53,7 @@ _PUBLIC = {
                                        "spectral_learning_curve"],
     "ntkprior.dynamics.learning_curves": ["TrainedCurve", "trained_learning_curve"],
     "ntkprior.arch.attention": ["SelfAttention"],
+    "ntkprior.prior.similarity": ["Similarity", "similar"],
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 #: public module names kept from the flat layout

@@ -683,3 +683,132 @@ def _draw_learnability(ax, learnability, sizes, eigenvalues, max_modes: int, xla
 
 
 __all__ += ["learning_curves"]
+
+
+# ================================================================================== similarity
+def _draw_input(ax, x: np.ndarray, label: str) -> None:
+    """One input: an image (C, H, W) as a grey map of its channel mean, else a line over its features;
+    ``label`` below it."""
+    if x.ndim == 3:
+        ax.imshow(x.mean(axis=0), cmap="gray", interpolation="nearest")
+        ax.set_yticks([])
+        ax.grid(False)
+    else:
+        ax.plot(x.reshape(-1), "-", lw=1.0, color=CYCLE[0])
+        ax.tick_params(labelsize=7)
+    ax.set_xticks([])
+    ax.set_xlabel(label, fontsize=8)
+
+
+@_styled
+def similar_inputs(queries, neighbours, similarity, *, labels: Sequence[str] | None = None,
+                   title: str | None = None) -> Figure:
+    """Each query (first column) beside its most similar pool inputs, titled with the normalised
+    kernel value s = k(x, x')/sqrt(k(x, x) k(x', x')).
+
+    queries (q, ...); neighbours (q, k, ...) the pool inputs shown per query; similarity (q, k).
+    Images (C, H, W) are drawn as pictures (channel mean), vectors and signals as lines.
+    ``labels`` (k,) names the columns (default "neighbour 1", ...).
+    """
+    q_in = _array(queries, "queries")
+    nb = _array(neighbours, "neighbours")
+    s = _array(similarity, "similarity", 2)
+    if nb.shape[:2] != s.shape or nb.shape[0] != q_in.shape[0]:
+        raise ValueError(f"neighbours: expected shape (queries, k, ...) = {s.shape} + input shape, got {nb.shape}")
+    n_q, k = s.shape
+    names = list(labels) if labels is not None else [f"neighbour {j + 1}" for j in range(k)]
+    fig, axes = _figure(n_q, k + 1, width=1.5 * (k + 1), height=1.5 * n_q + 0.4)
+    for i in range(n_q):
+        axes[i, 0].set_ylabel(f"query {i + 1}", fontsize=8)
+        _draw_input(axes[i, 0], q_in[i], "query")
+        for j in range(k):
+            _draw_input(axes[i, j + 1], nb[i, j], f"s = {s[i, j]:.4f}")
+    for j, name in enumerate(["query"] + names):
+        axes[0, j].set_title(name, fontsize=8)
+    return _finish(fig, title)
+
+
+__all__ += ["similar_inputs"]
+
+
+# ================================================================================== MNIST-1D
+@_styled
+def accuracy_bars(groups: Mapping[str, Mapping[str, float]], *, title: str | None = None,
+                  ylabel: str = "test accuracy") -> Figure:
+    """Grouped bars: ``groups[group][label] = accuracy`` (one colour per group, e.g. standard / shuffled)."""
+    labels = list(dict.fromkeys(k for g in groups.values() for k in g))
+    fig, axes = _figure(width=max(6.4, 0.55 * len(labels) + 2), height=4.2)
+    ax = axes[0, 0]
+    step = 0.8 / max(len(groups), 1)
+    for i, (group, values) in enumerate(groups.items()):
+        pos = [j + (i - (len(groups) - 1) / 2) * step for j, k in enumerate(labels) if k in values]
+        ax.bar(pos, [values[k] for k in labels if k in values], width=step, color=CYCLE[i % len(CYCLE)], label=group)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("model")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _finish(fig, title)
+
+
+@_styled
+def cumulative_shares(curves: Mapping[str, object], *, title: str | None = None,
+                      ylabel: str = "share of the label energy in the top k modes") -> Figure:
+    """``curves[name]`` (n,) per-mode shares, drawn cumulatively against k (log scale)."""
+    fig, axes = _figure(width=6.4, height=4.2)
+    ax = axes[0, 0]
+    for i, (name, share) in enumerate(curves.items()):
+        s = _array(share, f"curves[{name!r}]", 1)
+        ax.semilogx(np.arange(1, s.size + 1), np.cumsum(s), "-", color=CYCLE[i % len(CYCLE)], label=name)
+    ax.set_xlabel("k (modes, largest eigenvalue first)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    return _finish(fig, title)
+
+
+@_styled
+def signal_modes(panels: Mapping[str, object], *, title: str | None = None, xlabel: str = "position") -> Figure:
+    """One panel per ``panels[name]`` (modes, L): each mode's input-space pattern as a signal, scaled to
+    the same height and stacked, mode 1 on top."""
+    arrays = {k: _array(v, f"panels[{k!r}]", 2) for k, v in panels.items()}
+    rows = max(a.shape[0] for a in arrays.values())
+    fig, axes = _figure(1, len(arrays), width=3.2 * len(arrays), height=0.75 * rows + 1.2)
+    for j, (name, a) in enumerate(arrays.items()):
+        ax = axes[0, j]
+        for i in range(a.shape[0]):
+            scale = np.abs(a[i]).max() or 1.0
+            ax.plot(a[i] / scale - 2.4 * i, "-", color=CYCLE[j % len(CYCLE)], lw=1.2)
+        ax.set_yticks(-2.4 * np.arange(a.shape[0]), [f"mode {i + 1}" for i in range(a.shape[0])], fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+    axes[0, 0].set_ylabel("each mode scaled to max |m| = 1")
+    return _finish(fig, title)
+
+
+@_styled
+def orbit_kernels(matrices: Mapping[str, object], spectra: Mapping[str, tuple], *,
+                  title: str | None = None) -> Figure:
+    """Top row: each kernel on the L circular shifts of one signal (a circulant matrix is constant
+    along its wrapped diagonals). Bottom: its eigenvalues beside the DFT of its circulant part."""
+    fig, axes = _figure(2, len(matrices), width=3.0 * len(matrices), height=5.6)
+    for j, (name, k) in enumerate(matrices.items()):
+        m = _array(k, f"matrices[{name!r}]", 2)
+        ax = axes[0, j]
+        ax.imshow(m, cmap=SEQUENTIAL, interpolation="nearest", vmin=min(0.0, m.min()), vmax=m.max())
+        ax.grid(False)
+        ax.set_title(name, fontsize=8.5)
+        ax.set_xlabel("shift b")
+        ax.set_ylabel("shift a")
+        eig, dft = (_array(v, name, 1) for v in spectra[name])
+        ax = axes[1, j]
+        idx = np.arange(1, eig.size + 1)
+        ax.semilogy(idx, np.clip(eig, 1e-16, None), "o", ms=3.5, mfc="none", color=CYCLE[0], label="eigenvalues")
+        ax.semilogy(idx, np.clip(dft, 1e-16, None), ".", ms=3, color=CYCLE[1], label="DFT of the circulant part")
+        ax.set_xlabel("index")
+        if j == 0:
+            ax.legend(fontsize=7)
+    return _finish(fig, title)
+
+
+__all__ += ["accuracy_bars", "cumulative_shares", "signal_modes", "orbit_kernels"]

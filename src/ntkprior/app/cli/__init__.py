@@ -6,7 +6,7 @@ Every command reads .npy/.npz/.csv and writes .npz/.json/.csv; bad input exits w
 code 2 and a message naming the problem, never a traceback.
 """
 
-from ntkprior.app.cli import curve, explore, kernel, prior, report, training  # noqa: F401  (registers the commands)
+from ntkprior.app.cli import curve, explore, kernel, prior, report, similar, training  # noqa: F401  (registers them)
 from ntkprior.app.cli.base import app
 
 __all__ = ["app"]

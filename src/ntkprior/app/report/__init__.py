@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from ntkprior.app.report import document
+from ntkprior.app.report import mnist1d as mnist1d_layout
+from ntkprior.app.report import similarity as similarity_layout
 from ntkprior.app.report.html import Report, page
 from ntkprior.data import jsonable
 from ntkprior.studies.document.settings import DEFAULT_ARCHS, FULL, QUICK, SEED_LEARNING_RATE, SEED_STEPS, Sizes
@@ -33,6 +35,8 @@ __all__ = ["build_report", "ReportOutput", "Sizes", "FULL", "QUICK", "DEFAULT_AR
 
 #: study name -> its layout module (with ``plan(sizes, seed, **options) -> Plan``); ``report --study NAME``
 STUDIES = {"document": document}
+STUDIES["mnist1d"] = mnist1d_layout
+STUDIES["similarity"] = similarity_layout
 
 
 @dataclass
