@@ -369,7 +369,7 @@ def _diverged_note(f: dict) -> str:
 
 def _input_name(x_test: torch.Tensor, j: int) -> str:
     """A test input as a reader can find it: its value (up to three coordinates), not an index alone."""
-    x = x_test[j].tolist()
+    x = x_test[j].reshape(-1).tolist()          # signals and images: their values in order
     if len(x) == 1:
         return f"at x = {x[0]:.4g}"
     coords = ", ".join(f"{v:.3g}" for v in x[:3]) + (", ..." if len(x) > 3 else "")
@@ -385,7 +385,7 @@ def _check_ensemble_mean(f: dict, gaps: np.ndarray, allowed: np.ndarray, e: int,
     diff = abs(f["ensemble_mean"][j] - f["lee_mean"][j])
     figures = (f"the mean of the {e} trained networks differs from the Lee et al. GD-ensemble mean by up to "
                f"{diff:.3g} ({_input_name(x_test, j[0])}, Lee et al. std {f['lee_std'][j[0]]:.3g}; allowed "
-               f"{MEAN_Z:g}σ/√{e} + {MEAN_BIAS:g}·RMS(y) = {allowed[j]:.3g})")
+               f"{MEAN_Z:g}σ/√{e} + {MEAN_BIAS:g}·RMS(y) = {np.broadcast_to(allowed, gaps.shape)[j]:.3g})")
     if passed:
         return Check("ensemble_mean", True, f"{figures}.")
     return Check("ensemble_mean", False, f"{figures}: the trained networks do not follow the kernel's prediction.")
