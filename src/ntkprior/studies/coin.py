@@ -492,7 +492,7 @@ class CoinSizes:
 BASE = {"weight_std": math.sqrt(2), "bias_std": 0.1}
 _SETTINGS = (("deeper", {"depth": 3}), ("bias σ_b = 1", {"bias_std": 1.0}), ("σ_w = 1", {"weight_std": 1.0}))
 FULL = CoinSizes(height=3, width=6, walls=3, train_levels=100, test_levels=20, depth=2,
-                 widths={"mlp": (64, 512), "cnn_flatten": (8, 32), "cnn_gap": (8, 32)}, ensemble=3, steps=400,
+                 widths={"mlp": (32, 256), "cnn_flatten": (8, 32), "cnn_gap": (8, 32)}, ensemble=3, steps=300,
                  fractions=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), curve_ensemble=2, settings=_SETTINGS,
                  diagnose_ensemble=2, diagnose_states=40)
 QUICK = CoinSizes(height=3, width=5, walls=2, train_levels=10, test_levels=4, depth=1,

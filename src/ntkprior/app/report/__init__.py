@@ -33,6 +33,7 @@ __all__ = ["build_report", "ReportOutput", "Sizes", "FULL", "QUICK", "DEFAULT_AR
 
 #: study name -> its layout module (with ``plan(sizes, seed, **options) -> Plan``); ``report --study NAME``
 STUDIES = {"document": document}
+STUDIES["coin"] = __import__("ntkprior.app.report.coin", fromlist=["plan"])      # issue 14: the coin
 
 
 @dataclass
