@@ -191,19 +191,24 @@ def levels(n: int, *, height: int = 3, width: int = 7, walls: int = 3, coin: str
     return out
 
 
-def move_coins(train_levels, count: int, *, seed: int = 0) -> list:
-    """The levels with the coin of the first ``count`` moved elsewhere (as in :func:`levels` with
-    ``coin="elsewhere"``). Level i's new place depends on i and ``seed`` only, so a larger ``count``
-    changes a superset of the levels a smaller one changes (the diversity curve is nested)."""
+def move_coins(train_levels, count: int, *, seed: int = 0) -> tuple:
+    """The levels with the coin moved elsewhere (as in :func:`levels` with ``coin="elsewhere"``) in the first
+    ``count`` levels that have such a place, and the indices of those levels, ``(levels, moved)``. Level i's new
+    place depends on i and ``seed`` only, so a larger ``count`` moves a superset of the coins a smaller one
+    moves (the diversity curve is nested)."""
     count = _check_count(count, "count", 0)
-    if count > len(train_levels):
-        raise ValueError(f"count: {count} exceeds the {len(train_levels)} levels given")
-    out = list(train_levels)
-    for i in range(count):
-        moved = _coin_elsewhere(out[i], np.random.default_rng([seed, i]))
-        if moved is not None:              # a level with no such cell keeps its coin at the end
-            out[i] = moved
-    return out
+    out, moved = list(train_levels), []
+    for i, level in enumerate(train_levels):
+        if len(moved) == count:
+            break
+        changed = _coin_elsewhere(level, np.random.default_rng([seed, i]))
+        if changed is not None:
+            out[i] = changed
+            moved.append(i)
+    if len(moved) < count:
+        raise ValueError(f"count: only {len(moved)} of the {len(train_levels)} levels have a place for the coin "
+                         f"where the two goals disagree, fewer than {count}")
+    return out, moved
 
 
 # ====================================================================== encoding
@@ -519,7 +524,7 @@ class CoinData:
     coin_labels: torch.Tensor
     end_labels: torch.Tensor
     counts: dict                 #: fraction -> number of training levels with the coin moved
-    moved_levels: list = field(default_factory=list)
+    order: list = field(default_factory=list)    #: the levels whose coin moves, in the order they do
 
     @property
     def pool(self) -> torch.Tensor:
@@ -528,20 +533,18 @@ class CoinData:
     def test_index(self) -> np.ndarray:
         return len(self.base) + len(self.moved) + np.arange(len(self.test_states))
 
-    def train_index(self, count: int) -> np.ndarray:
-        """Pool rows of the demonstrations when the first ``count`` levels have the coin moved."""
-        moved = np.flatnonzero(self.moved.level_index < count)
-        kept = np.flatnonzero(self.base.level_index >= count)
-        return np.concatenate([len(self.base) + moved, kept])
-
-    def labels(self, count: int) -> torch.Tensor:
-        moved = self.moved.level_index < count
-        return torch.cat([self.moved.y[torch.as_tensor(moved)], self.base.y[torch.as_tensor(self.base.level_index >= count)]])
+    def training_set(self, count: int) -> tuple:
+        """Pool rows and one-hot labels of the demonstrations when the first ``count`` movable levels have
+        their coin elsewhere: ``(rows, y)``."""
+        changed = np.asarray(self.order[:count], dtype=np.int64)
+        moved = np.flatnonzero(np.isin(self.moved.level_index, changed))
+        kept = np.flatnonzero(~np.isin(self.base.level_index, changed))
+        rows = np.concatenate([len(self.base) + moved, kept])
+        return rows, torch.cat([self.moved.y[torch.as_tensor(moved)], self.base.y[torch.as_tensor(kept)]])
 
     def diverse_share(self, count: int) -> float:
-        """The share of training levels whose coin is not at the end for this count."""
-        changed = sum(lv.coin != lv.end for lv in self.moved_levels[:count])
-        return changed / len(self.train_levels)
+        """The share of training levels whose coin is not at the end."""
+        return count / len(self.train_levels)
 
 
 def coin_data(sizes: CoinSizes, seed: int) -> CoinData:
@@ -550,15 +553,20 @@ def coin_data(sizes: CoinSizes, seed: int) -> CoinData:
     train = levels(sizes.train_levels, coin="end", seed=seed, **shape)
     test = levels(sizes.test_levels, coin="elsewhere", seed=seed + 10_000, **shape)
     counts = {f: int(round(f * len(train))) for f in sizes.fractions}
-    most = max(counts.values())
-    moved_levels = move_coins(train, most, seed=seed)
-    moved = demonstrations(moved_levels[:most]) if most else demonstrations(train[:1])
-    if not most:
-        moved.level_index[:] = len(train)            # never used: every fraction keeps the coins at the end
+    moved_levels, order = move_coins(train, max(counts.values()), seed=seed)
+    base = demonstrations(train)
+    moved = _none_of(base)
+    if order:
+        moved = demonstrations([moved_levels[i] for i in order])
+        moved.level_index = np.asarray(order)[moved.level_index]        # indices of the training levels
     test_states = states(test)
     deciding, coin_labels, end_labels = deciding_states(test, test_states)
-    return CoinData(train, test, demonstrations(train), moved, test_states, deciding, coin_labels, end_labels,
-                    counts, moved_levels)
+    return CoinData(train, test, base, moved, test_states, deciding, coin_labels, end_labels, counts, order)
+
+
+def _none_of(demos: Demonstrations) -> Demonstrations:
+    """An empty set of demonstrations of the same shape."""
+    return Demonstrations(demos.x[:0], demos.actions[:0], demos.y[:0], demos.level_index[:0], demos.cells[:0], [])
 
 
 def _blocks(kernels, rows: np.ndarray, cols: np.ndarray | None = None, test=None):
@@ -601,7 +609,7 @@ def _kernels(arch, x: torch.Tensor):
 
 def _kernel_point(data: CoinData, kernels, count: int) -> dict:
     """At one diversity count: the prior's gap (NTK and NNGP) and the kernel policy's rollout."""
-    rows, y = data.train_index(count), data.labels(count)
+    rows, y = data.training_set(count)
     test_rows = data.test_index()
     deciding = test_rows[data.deciding]
     out = {}
@@ -618,9 +626,9 @@ def _train_rollouts(arch, name: str, data: CoinData, count: int, steps: int, lea
     """Train an ensemble on the demonstrations (``ntkprior.train``, float32, full batch) and roll every
     member out: its fractions averaged over members, the members' rollouts and whether any diverged."""
     from ntkprior.dynamics.training import train
-    rows = data.train_index(count)
+    rows, y = data.training_set(count)
     pool = _inputs(data.pool, name)
-    result = train(arch, pool[rows], data.labels(count), pool[data.test_index()], steps=steps,
+    result = train(arch, pool[rows], y, pool[data.test_index()], steps=steps,
                    learning_rate=learning_rate, seed=seed, ensemble=ensemble, record=[0, steps],
                    track_kernel=False, dtype=torch.float32)
     rolls = [rollout(result.test_outputs[e, -1], data.test_levels, level_states=data.test_states)
@@ -658,7 +666,7 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
         with progress.task(f"{name}: prior and kernel policy at {fraction:.0%} diverse levels"):
             points[fraction] = _kernel_point(data, kernels, count)
     base = points[min(points)]
-    rows0 = data.train_index(0)
+    rows0, y0 = data.training_set(0)
     m = len(rows0) * len(ACTIONS)
     lr_max = max_stable_learning_rate(kernels.ntk[np.ix_(rows0, rows0)], m)
     regimes = {"trained": 0.5 * lr_max, "trained_large_lr": 1.5 * lr_max}
@@ -678,14 +686,12 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
                       "prior_logp_gap": p["ntk"]["gap"], "prior_logp_gap_nngp": p["nngp"]["gap"],
                       "kernel_coin_rate": p["ntk"]["rollout"].coin_rate,
                       "kernel_nngp_coin_rate": p["nngp"]["rollout"].coin_rate,
-                      "trained_coin_rate": run["coin"], "n_train_states": int(len(data.train_index(count)))})
+                      "trained_coin_rate": run["coin"], "n_train_states": int(len(data.training_set(count)[0]))})
     settings = [{"setting": "base", "depth": sizes.depth, **BASE, "prior_logp_gap": base["ntk"]["gap"],
                  "prior_logp_gap_nngp": base["nngp"]["gap"], "kernel_coin_rate": base["ntk"]["rollout"].coin_rate,
                  "kernel_end_rate": base["ntk"]["rollout"].fractions["end"]}]
-    base_rows = np.concatenate([data.train_index(0), data.test_index()])
-    small = replace(data, base=data.base, moved=Demonstrations(data.moved.x[:0], data.moved.actions[:0],
-                                                               data.moved.y[:0], data.moved.level_index[:0],
-                                                               data.moved.cells[:0], []))
+    base_rows = np.concatenate([rows0, data.test_index()])
+    small = replace(data, moved=_none_of(data.moved))          # the pool without the moved coins
     for label, change in sizes.settings:
         hp = {"depth": sizes.depth, **BASE, **change}
         variant = architecture(name, width=widths[-1], **hp)
@@ -704,7 +710,7 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
         pool = _inputs(data.pool, name)
         test_rows = data.test_index()[data.deciding][:sizes.diagnose_states]
         with progress.task(f"{name}: diagnosis at width {w}, learning rate {regimes[key]:.3g}"):
-            diag = diagnose(arch, pool[rows0], data.labels(0), pool[test_rows], sizes.steps, regimes[key],
+            diag = diagnose(arch, pool[rows0], y0, pool[test_rows], sizes.steps, regimes[key],
                             width=int(w), seed=seed, ensemble=sizes.diagnose_ensemble, dtype=torch.float32)
         diagnosis = {"width": int(w), "regime": key, "learning_rate": regimes[key],
                      "disagreement": gaps[worst], **diag.summary()}
