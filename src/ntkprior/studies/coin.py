@@ -487,7 +487,7 @@ class CoinSizes:
     ensemble: int               #: networks per width and learning rate
     steps: int                  #: full-batch gradient-descent steps
     fractions: tuple            #: shares of training levels with the coin elsewhere (the diversity curve)
-    curve_ensemble: int         #: networks per fraction of the diversity curve (at the largest width)
+    curve_ensemble: int         #: networks per fraction > 0 of the diversity curve (largest width; at 0 the main ensemble)
     settings: tuple             #: (name, {depth, weight_std, bias_std}) kernel-only hyperparameter variations
     diagnose_ensemble: int
     diagnose_states: int        #: deciding states the diagnosis compares predictions on
@@ -497,8 +497,8 @@ class CoinSizes:
 BASE = {"weight_std": math.sqrt(2), "bias_std": 0.1}
 _SETTINGS = (("deeper", {"depth": 3}), ("bias σ_b = 1", {"bias_std": 1.0}), ("σ_w = 1", {"weight_std": 1.0}))
 FULL = CoinSizes(height=3, width=6, walls=3, train_levels=100, test_levels=20, depth=2,
-                 widths={"mlp": (32, 256), "cnn_flatten": (8, 32), "cnn_gap": (8, 32)}, ensemble=3, steps=300,
-                 fractions=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), curve_ensemble=2, settings=_SETTINGS,
+                 widths={"mlp": (32, 256), "cnn_flatten": (8, 32), "cnn_gap": (8, 32)}, ensemble=3, steps=200,
+                 fractions=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), curve_ensemble=1, settings=_SETTINGS,
                  diagnose_ensemble=2, diagnose_states=40)
 QUICK = CoinSizes(height=3, width=5, walls=2, train_levels=10, test_levels=4, depth=1,
                   widths={"mlp": (16,), "cnn_flatten": (4,), "cnn_gap": (4,)}, ensemble=1, steps=10,
@@ -678,15 +678,17 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
                                                        sizes.ensemble, seed)
     curve = []
     for fraction, count in data.counts.items():
-        with progress.task(f"{name}: trained networks at {fraction:.0%} diverse levels"):
-            run = _train_rollouts(arch, name, data, count, sizes.steps, regimes["trained"],
-                                  sizes.curve_ensemble, seed)
+        run = trained["trained"][str(widths[-1])]            # no coin moved: the ensemble trained above
+        if count:
+            with progress.task(f"{name}: trained networks at {fraction:.0%} diverse levels"):
+                run = _train_rollouts(arch, name, data, count, sizes.steps, regimes["trained"],
+                                      sizes.curve_ensemble, seed)
         p = points[fraction]
         curve.append({"fraction": data.diverse_share(count), "requested_fraction": fraction,
                       "prior_logp_gap": p["ntk"]["gap"], "prior_logp_gap_nngp": p["nngp"]["gap"],
                       "kernel_coin_rate": p["ntk"]["rollout"].coin_rate,
                       "kernel_nngp_coin_rate": p["nngp"]["rollout"].coin_rate,
-                      "trained_coin_rate": run["coin"], "n_train_states": int(len(data.training_set(count)[0]))})
+                      "trained_coin_rate": run["coin"], "trained_networks": run["networks"], "n_train_states": int(len(data.training_set(count)[0]))})
     settings = [{"setting": "base", "depth": sizes.depth, **BASE, "prior_logp_gap": base["ntk"]["gap"],
                  "prior_logp_gap_nngp": base["nngp"]["gap"], "kernel_coin_rate": base["ntk"]["rollout"].coin_rate,
                  "kernel_end_rate": base["ntk"]["rollout"].fractions["end"]}]
@@ -730,7 +732,7 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
 def study_tasks(sizes: CoinSizes) -> int:
     """Progress steps of :func:`arch_study` for one architecture (the diagnosis counted)."""
     per_width = len(next(iter(sizes.widths.values()))) * 2
-    return 1 + 2 * len(sizes.fractions) + per_width + len(sizes.settings) + 1
+    return 1 + 2 * len(sizes.fractions) - 1 + per_width + len(sizes.settings) + 1
 
 
 def coin_study(sizes: CoinSizes = FULL, seed: int = 0, progress: Progress | None = None,
