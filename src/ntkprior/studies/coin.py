@@ -602,11 +602,6 @@ def _inputs(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.flatten(1) if name == "mlp" else x
 
 
-def _kernels(arch, x: torch.Tensor):
-    """NNGP and NTK of the architecture on ``x`` (a few hundred states)."""
-    return arch.kernel(x)
-
-
 def _kernel_point(data: CoinData, kernels, count: int) -> dict:
     """At one diversity count: the prior's gap (NTK and NNGP) and the kernel policy's rollout."""
     rows, y = data.training_set(count)
@@ -660,7 +655,7 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
     widths = sizes.widths[name]
     arch = architecture(name, width=widths[-1], depth=sizes.depth, **BASE)
     with progress.task(f"{name}: kernels on {data.pool.shape[0]} states"):
-        kernels = _kernels(arch, _inputs(data.pool, name))
+        kernels = arch.kernel(_inputs(data.pool, name))
     points = {}
     for fraction, count in data.counts.items():
         with progress.task(f"{name}: prior and kernel policy at {fraction:.0%} diverse levels"):
@@ -698,7 +693,7 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
         hp = {"depth": sizes.depth, **BASE, **change}
         variant = architecture(name, width=widths[-1], **hp)
         with progress.task(f"{name}: prior with {label}"):
-            point = _kernel_point(small, _kernels(variant, _inputs(data.pool[base_rows], name)), 0)
+            point = _kernel_point(small, variant.kernel(_inputs(data.pool[base_rows], name)), 0)
         settings.append({"setting": label, **hp, "prior_logp_gap": point["ntk"]["gap"],
                          "prior_logp_gap_nngp": point["nngp"]["gap"],
                          "kernel_coin_rate": point["ntk"]["rollout"].coin_rate,

@@ -30,7 +30,7 @@ def _side(gap: float) -> str:
     return "the coin" if gap > 0 else "the end"
 
 
-def levels_section(rep: Report, data, levels_numbers: dict, results: dict, sizes) -> None:
+def levels_section(rep: Report, data, levels_numbers: dict, results: dict) -> None:
     intro = ("Each level is a grid with walls; training levels always have the coin at the end (the last column), "
              "and the expert walks the shortest path to it. In the test levels the coin lies elsewhere, where the "
              "first move toward the coin and toward the end differ: which goal did the policy learn?")
@@ -178,7 +178,7 @@ def run(rep: Report, sizes, seed: int) -> dict:
     data = study.coin_data(sizes, seed)
     results = {name: study.arch_study(name, data, sizes, seed, rep.progress) for name in study.ARCHITECTURES}
     rep.results.update({name: r.numbers for name, r in results.items()})      # results.json: one key per architecture
-    levels_section(rep, data, study.levels_result(data, sizes).numbers, results, sizes)
+    levels_section(rep, data, study.levels_result(data, sizes).numbers, results)
     prior_section(rep, results)
     trained_section(rep, results)
     diversity_section(rep, results)
