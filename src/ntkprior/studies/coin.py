@@ -62,6 +62,8 @@ MAX_TRIES = 1000
 #: makes the exact kernel singular; 1e-8 keeps the solve exact where it is well posed (the minimum-norm
 #: interpolant that gradient descent converges to) and bounds the condition number near 1e8.
 DIAG_REG = 1e-8
+#: Outcome distributions (coin, end, neither) closer than this in total variation agree; farther, the study diagnoses.
+AGREEMENT = 0.2
 
 
 # ====================================================================== levels
@@ -702,7 +704,7 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
     gaps = {(key, w): _disagreement(run, kernel_fr) for key in trained for w, run in trained[key].items()}
     worst = max(gaps, key=gaps.get)
     diagnosis = None
-    if gaps[worst] > 0.2:
+    if gaps[worst] > AGREEMENT:
         key, w = worst
         pool = _inputs(data.pool, name)
         test_rows = data.test_index()[data.deciding][:sizes.diagnose_states]

@@ -117,8 +117,11 @@ def trained_section(rep: Report, results: dict) -> None:
                                    "trained_coin": t["coin"], "gap": r["prior_logp_gap"],
                                    "large_lr": regime != "trained", "size": 1 + k})
             wide = r["trained"][widths[-1]]
+            tv = r["disagreement"][f"trained width {widths[-1]}"]
+            verdict_text = (f"they agree (total variation {fmt(tv, 2)})" if tv <= study.AGREEMENT else
+                            f"they disagree (total variation {fmt(tv, 2)})")
             rep.finding(f"{NAMES[name]}: trained networks of width {widths[-1]} (kernel regime) go: {_shares(wide)}; "
-                        f"the kernel policy: {_shares(r['kernel_policy'])}.")
+                        f"the kernel policy: {_shares(r['kernel_policy'])}; {verdict_text}.")
         with rep.task("agreement figure"):
             fig = plots.coin_agreement(points)
             sec.blocks.append(rep.figure(
@@ -136,8 +139,8 @@ def trained_section(rep: Report, results: dict) -> None:
         for name, res in results.items():
             d = res.numbers["diagnosis"]
             if d is None:
-                sec.blocks.append(paragraph(f"{NAMES[name]}: every trained ensemble is within 0.2 (total variation) "
-                                            "of the kernel policy; no diagnosis needed."))
+                sec.blocks.append(paragraph(f"{NAMES[name]}: every trained ensemble is within {study.AGREEMENT} "
+                                            "(total variation) of the kernel policy; no diagnosis needed."))
                 continue
             sec.blocks.append(verdict(
                 f"{NAMES[name]}, width {d['width']}, η = {fmt(d['learning_rate'], 3)} (disagreement "
