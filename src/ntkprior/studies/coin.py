@@ -489,7 +489,7 @@ class CoinSizes:
     ensemble: int               #: networks per width and learning rate
     steps: int                  #: full-batch gradient-descent steps
     fractions: tuple            #: shares of training levels with the coin elsewhere (the diversity curve)
-    curve_ensemble: int         #: networks per fraction > 0 of the diversity curve (largest width; at 0 the main ensemble)
+    curve_ensemble: int         #: networks per fraction > 0 of the diversity curve (largest width; 0: the main ensemble)
     settings: tuple             #: (name, {depth, weight_std, bias_std}) kernel-only hyperparameter variations
     diagnose_ensemble: int
     diagnose_states: int        #: deciding states the diagnosis compares predictions on
@@ -685,7 +685,8 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
                       "prior_logp_gap": p["ntk"]["gap"], "prior_logp_gap_nngp": p["nngp"]["gap"],
                       "kernel_coin_rate": p["ntk"]["rollout"].coin_rate,
                       "kernel_nngp_coin_rate": p["nngp"]["rollout"].coin_rate,
-                      "trained_coin_rate": run["coin"], "trained_networks": run["networks"], "n_train_states": int(len(data.training_set(count)[0]))})
+                      "trained_coin_rate": run["coin"], "trained_networks": run["networks"],
+                      "n_train_states": int(len(data.training_set(count)[0]))})
     settings = [{"setting": "base", "depth": sizes.depth, **BASE, "prior_logp_gap": base["ntk"]["gap"],
                  "prior_logp_gap_nngp": base["nngp"]["gap"], "kernel_coin_rate": base["ntk"]["rollout"].coin_rate,
                  "kernel_end_rate": base["ntk"]["rollout"].fractions["end"]}]

@@ -53,7 +53,8 @@ def levels_section(rep: Report, data, levels_numbers: dict, results: dict) -> No
             sec.blocks.append(rep.figure(
                 fig, "coin_levels", "Test levels (walls dark, coin orange, end green, start blue) with the episodes "
                 "of the kernel policy (argmax of the NTK-GP mean) and of one trained network of the largest width "
-                "(kernel-regime learning rate), one row per architecture; × marks where an episode ended (a path that stops short of both goals looped or "
+                "(kernel-regime learning rate), one row per architecture; × marks where an episode ended (a path "
+                "that stops short of both goals looped or "
                 "walked into a wall).", "grid levels with trajectories of the policies"))
         sec.blocks.append(table(["", "value"], [
             ["grid (rows × columns)", f"{n['height']} × {n['width']}"], ["random walls per level", n["walls"]],
