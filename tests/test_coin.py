@@ -306,3 +306,10 @@ def test_public_path_is_lazy():
     assert out.stdout.split() == ["2", "False"]
     with pytest.raises(AttributeError, match="no_such_study"):
         ntp.studies.no_such_study
+
+
+def test_coin_figures_refuse_nothing_to_draw():
+    from ntkprior.app import plots
+    for figure, arg in ((plots.coin_levels, []), (plots.coin_agreement, []), (plots.coin_diversity, {})):
+        with pytest.raises(ValueError, match="nothing to draw"):
+            figure(arg)
