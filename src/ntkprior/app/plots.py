@@ -737,32 +737,36 @@ def coin_levels(panels: Sequence[Mapping], *, ncols: int = 3, title: str | None 
 
 @_styled
 def coin_agreement(points: Sequence[Mapping], *, title: str | None = None) -> Figure:
-    """The prior's prediction against trained networks. Each point: ``arch``, ``label`` (width, learning rate),
-    ``kernel_coin`` (the kernel policy's coin rate), ``trained_coin`` (the networks'), ``gap`` (the prior's
-    log p(coin) − log p(end), nats) and ``large_lr`` (bool: hollow marker). Left: coin rates, with the diagonal
-    of agreement; right: the gap against the networks' coin rate (symmetric log scale)."""
+    """The prior's prediction against trained networks. Each point: ``arch``, ``kernel_coin`` / ``kernel_end`` (the
+    kernel policy's shares of episodes to the coin / the end), ``trained_coin`` / ``trained_end`` (the networks'),
+    ``gap`` (the prior's log p(coin) − log p(end), nats), ``size`` (1 narrow, 2 wide) and ``large_lr`` (bool:
+    hollow marker). Left and middle: shares, with the diagonal of agreement; right: the gap against the
+    networks' coin share (symmetric log scale)."""
     if not points:
         raise ValueError("points: nothing to draw; pass at least one comparison")
     archs = list(dict.fromkeys(p["arch"] for p in points))
     markers = ("o", "s", "D", "^", "v")
-    fig, axes = _figure(1, 2, width=10.0, height=4.2)
-    left, right = axes[0]
+    fig, axes = _figure(1, 3, width=13.0, height=4.2)
+    coin_ax, end_ax, gap_ax = axes[0]
     for p in points:
         a = archs.index(p["arch"])
         style = dict(marker=markers[a % len(markers)], ms=4 + 2 * p.get("size", 1), ls="none", mec=CYCLE[a],
                      mfc="none" if p.get("large_lr") else CYCLE[a], mew=1.5, alpha=0.85)
         jitter = 0.012 * (p.get("size", 1) - 1.5)
-        left.plot(p["kernel_coin"] + jitter, p["trained_coin"], **style)
-        right.plot(p["gap"], p["trained_coin"], **style)
-    left.plot([0, 1], [0, 1], ":", color=OKABE_ITO["black"], lw=1)
-    for ax in (left, right):
+        coin_ax.plot(p["kernel_coin"] + jitter, p["trained_coin"], **style)
+        end_ax.plot(p["kernel_end"] + jitter, p["trained_end"], **style)
+        gap_ax.plot(p["gap"], p["trained_coin"], **style)
+    for ax, goal in ((coin_ax, "coin"), (end_ax, "end")):
+        ax.plot([0, 1], [0, 1], ":", color=OKABE_ITO["black"], lw=1)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_xlabel(f"kernel policy (NTK-GP mean): share to the {goal}")
+        ax.set_ylabel(f"trained networks: share to the {goal}")
+    for ax in axes[0]:
         ax.set_ylim(-0.05, 1.05)
-        ax.set_ylabel("trained networks: share of episodes to the coin")
-    left.set_xlim(-0.05, 1.05)
-    left.set_xlabel("kernel policy (NTK-GP mean): share to the coin")
-    right.set_xscale("symlog", linthresh=1.0)
-    right.axvline(0, color=OKABE_ITO["black"], lw=1, ls=":")
-    right.set_xlabel("prior: log p(coin labeling) − log p(end labeling)  [nats]")
+    gap_ax.set_ylabel("trained networks: share to the coin")
+    gap_ax.set_xscale("symlog", linthresh=1.0)
+    gap_ax.axvline(0, color=OKABE_ITO["black"], lw=1, ls=":")
+    gap_ax.set_xlabel("prior: log p(coin labeling) − log p(end labeling)  [nats]")
     handles = [Line2D([], [], marker=markers[a % len(markers)], ls="none", color=CYCLE[a], label=name)
                for a, name in enumerate(archs)]
     handles += [Line2D([], [], marker="o", ls="none", mfc="none", mec="gray", label="larger learning rate"),

@@ -593,11 +593,13 @@ def logp_gap(kernels, rows, y, test_rows, coin_labels, end_labels, kernel: str) 
     return ranking["coin"].conditional_log_prob - ranking["end"].conditional_log_prob
 
 
-def kernel_scores(kernels, rows, y, test_rows, kind: str = "ntkgp") -> torch.Tensor:
+def kernel_scores(kernels, rows, y, test_rows, kind: str = "ntkgp", *, t=None, learning_rate: float = 1.0) -> torch.Tensor:
     """The kernel policy's scores on the test states: the posterior mean ``H(X*, X) H⁻¹ Y`` (``kind`` "ntkgp" or
-    "nngp"), by :func:`ntkprior.prior.prior.predict` on the pool kernel's blocks."""
+    "nngp"), or with ``kind="gd-ensemble"`` and ``t`` the mean of infinitely wide networks after t steps of
+    gradient descent at ``learning_rate``, by :func:`ntkprior.prior.prior.predict` on the pool kernel's blocks."""
     from ntkprior.prior.prior import predict
-    return predict(_blocks(kernels, rows, test_rows), None, y, None, kind=kind, cov=None, diag_reg=DIAG_REG).mean
+    return predict(_blocks(kernels, rows, test_rows), None, y, None, kind=kind, cov=None, diag_reg=DIAG_REG,
+                   t=t, learning_rate=learning_rate).mean
 
 
 def _inputs(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -667,6 +669,8 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
     m = len(rows0) * len(ACTIONS)
     lr_max = max_stable_learning_rate(kernels.ntk[np.ix_(rows0, rows0)], m)
     regimes = {"trained": 0.5 * lr_max, "trained_large_lr": 1.5 * lr_max}
+    at_t = rollout(kernel_scores(kernels, rows0, y0, data.test_index(), "gd-ensemble", t=sizes.steps,
+                                 learning_rate=regimes["trained"]), data.test_levels, level_states=data.test_states)
     trained = {key: {} for key in regimes}
     for w in widths:
         for key, lr in regimes.items():
@@ -718,7 +722,7 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
               for key, runs in trained.items()}
     numbers = {"spec": str(arch), "prior_logp_gap": base["ntk"]["gap"], "prior_logp_gap_nngp": base["nngp"]["gap"],
                "kernel_policy": base["ntk"]["rollout"].fractions,
-               "kernel_policy_nngp": base["nngp"]["rollout"].fractions,
+               "kernel_policy_nngp": base["nngp"]["rollout"].fractions, "kernel_policy_at_t": at_t.fractions,
                "max_stable_learning_rate": lr_max, **public, "diversity_curve": curve, "hyperparameters": settings,
                "diagnosis": diagnosis, "n_train_states": int(len(rows0)), "steps": sizes.steps,
                "disagreement": {f"{k} width {w}": v for (k, w), v in gaps.items()}}

@@ -30,39 +30,40 @@ def _side(gap: float) -> str:
     return "the coin" if gap > 0 else "the end"
 
 
-def levels_section(rep: Report, data, levels_numbers: dict, results: dict) -> None:
-    intro = ("Each level is a grid with walls; training levels always have the coin at the end (the last column), "
-             "and the expert walks the shortest path to it. In the test levels the coin lies elsewhere, where the "
-             "first move toward the coin and toward the end differ: which goal did the policy learn?")
-    with rep.section("levels", "1. The levels", intro) as sec:
-        rep.results["levels"] = levels_numbers
-        n = levels_numbers
-        rep.finding(f"{n['train_levels']} training levels ({n['train_states']} expert states), {n['test_levels']} test "
-                    f"levels ({n['test_states']} states, {n['deciding_states']} where the two goals need different "
-                    "moves).")
-        with rep.task("level figure"):
-            panels, shown = [], data.test_levels[:DRAWN_LEVELS]
-            for name, res in results.items():
-                widest = list(res.arrays["trained"])[-1]
-                for i, level in enumerate(shown):
-                    paths = {"kernel policy": res.arrays["kernel"].paths[i],
-                             "trained network (largest width)": res.arrays["trained"][widest].paths[i]}
-                    panels.append({"walls": level.walls, "start": level.start, "coin": level.coin, "end": level.end,
-                                   "paths": paths, "title": f"{SHORT[name]}, test level {i + 1}"})
-            fig = plots.coin_levels(panels, ncols=len(shown))
-            sec.blocks.append(rep.figure(
-                fig, "coin_levels", "Test levels (walls dark, coin orange, end green, start blue) with the episodes "
-                "of the kernel policy (argmax of the NTK-GP mean) and of one trained network of the largest width "
-                "(kernel-regime learning rate), one row per architecture; × marks where an episode ended (a path "
-                "that stops short of both goals looped or "
-                "walked into a wall).", "grid levels with trajectories of the policies"))
-        sec.blocks.append(table(["", "value"], [
-            ["grid (rows × columns)", f"{n['height']} × {n['width']}"], ["random walls per level", n["walls"]],
-            ["state encoding", "4 channels: " + ", ".join(n["channels"]) + " (flattened for the MLP)"],
-            ["actions (one-hot labels)", ", ".join(n["actions"])], ["training levels", n["train_levels"]],
-            ["expert states (training inputs)", n["train_states"]], ["test levels", n["test_levels"]],
-            ["test states", n["test_states"]], ["deciding test states", n["deciding_states"]]],
-            "The data.", "numbers"))
+LEVELS_INTRO = ("Each level is a grid with walls; training levels always have the coin at the end (the last column), "
+                "and the expert walks the shortest path to it. In the test levels the coin lies elsewhere, where the "
+                "first move toward the coin and toward the end differ: which goal did the policy learn?")
+
+
+def levels_page(rep: Report, sec, data, levels_numbers: dict, results: dict) -> None:
+    rep.results["levels"] = levels_numbers
+    n = levels_numbers
+    rep.finding(f"{n['train_levels']} training levels ({n['train_states']} expert states), {n['test_levels']} test "
+                f"levels ({n['test_states']} states, {n['deciding_states']} where the two goals need different "
+                "moves).")
+    with rep.task("level figure"):
+        panels, shown = [], data.test_levels[:DRAWN_LEVELS]
+        for name, res in results.items():
+            widest = list(res.arrays["trained"])[-1]
+            for i, level in enumerate(shown):
+                paths = {"kernel policy": res.arrays["kernel"].paths[i],
+                         "trained network (largest width)": res.arrays["trained"][widest].paths[i]}
+                panels.append({"walls": level.walls, "start": level.start, "coin": level.coin, "end": level.end,
+                               "paths": paths, "title": f"{SHORT[name]}, test level {i + 1}"})
+        fig = plots.coin_levels(panels, ncols=len(shown))
+        sec.blocks.append(rep.figure(
+            fig, "coin_levels", "Test levels (walls dark, coin orange, end green, start blue) with the episodes "
+            "of the kernel policy (argmax of the NTK-GP mean) and of one trained network of the largest width "
+            "(kernel-regime learning rate), one row per architecture; × marks where an episode ended (a path "
+            "that stops short of both goals looped or "
+            "walked into a wall).", "grid levels with trajectories of the policies"))
+    sec.blocks.append(table(["", "value"], [
+        ["grid (rows × columns)", f"{n['height']} × {n['width']}"], ["random walls per level", n["walls"]],
+        ["state encoding", "4 channels: " + ", ".join(n["channels"]) + " (flattened for the MLP)"],
+        ["actions (one-hot labels)", ", ".join(n["actions"])], ["training levels", n["train_levels"]],
+        ["expert states (training inputs)", n["train_states"]], ["test levels", n["test_levels"]],
+        ["test states", n["test_states"]], ["deciding test states", n["deciding_states"]]],
+        "The data.", "numbers"))
 
 
 def prior_section(rep: Report, results: dict) -> None:
@@ -113,9 +114,11 @@ def trained_section(rep: Report, results: dict) -> None:
                     t = r[regime][w]
                     rows.append([NAMES[name], w, label, fmt(t["learning_rate"], 3), t["networks"], t["diverged"],
                                  fmt(t["coin"], 3), fmt(t["end"], 3), fmt(t["neither"], 3),
-                                 fmt(r["kernel_policy"]["coin"], 3), fmt(r["disagreement"][f"{regime} width {w}"], 3)])
+                                 fmt(r["kernel_policy"]["coin"], 3), fmt(r["kernel_policy"]["end"], 3),
+                                 fmt(r["kernel_policy_at_t"]["end"], 3), fmt(r["disagreement"][f"{regime} width {w}"], 3)])
                     points.append({"arch": NAMES[name], "kernel_coin": r["kernel_policy"]["coin"],
-                                   "trained_coin": t["coin"], "gap": r["prior_logp_gap"],
+                                   "trained_coin": t["coin"], "kernel_end": r["kernel_policy"]["end"],
+                                   "trained_end": t["end"], "gap": r["prior_logp_gap"],
                                    "large_lr": regime != "trained", "size": 1 + k})
             wide = r["trained"][widths[-1]]
             tv = r["disagreement"][f"trained width {widths[-1]}"]
@@ -133,9 +136,11 @@ def trained_section(rep: Report, results: dict) -> None:
                 "predicted against measured coin rates"))
         sec.blocks.append(table(
             ["architecture", "width", "learning rate", "η", "networks", "diverged", "coin", "end", "neither",
-             "kernel policy: coin", "disagreement (TV)"], rows,
+             "kernel policy: coin", "end", "kernel at t: end", "disagreement (TV)"], rows,
             "Shares of test episodes of the trained networks (averaged over the ensemble) beside the kernel "
-            "policy; the last column is the total-variation distance between the two outcome distributions.",
+            "policy (converged) and the kernel policy at the networks' training time t (the GD-ensemble mean of "
+            "infinitely wide networks after the same steps at the kernel-regime learning rate); the last column is "
+            "the total-variation distance between the trained and the converged kernel policy's outcomes.",
             "numbers"))
         for name, res in results.items():
             d = res.numbers["diagnosis"]
@@ -180,9 +185,13 @@ def diversity_section(rep: Report, results: dict) -> None:
 
 def run(rep: Report, sizes, seed: int) -> dict:
     data = study.coin_data(sizes, seed)
-    results = {name: study.arch_study(name, data, sizes, seed, rep.progress) for name in study.ARCHITECTURES}
-    rep.results.update({name: r.numbers for name, r in results.items()})      # results.json: one key per architecture
-    levels_section(rep, data, study.levels_result(data, sizes).numbers, results)
+    with rep.section("levels", "1. The levels", LEVELS_INTRO) as sec:
+        results = {name: study.arch_study(name, data, sizes, seed, rep.progress) for name in study.ARCHITECTURES}
+        rep.results.update({name: r.numbers for name, r in results.items()})   # results.json: one key per architecture
+        levels_page(rep, sec, data, study.levels_result(data, sizes).numbers, results)
+        sec.blocks.append(paragraph("Every computation of the study (kernels, rollouts, training, diagnoses) runs in "
+                                    "this section: its time below is the study's, and the library's warnings from "
+                                    "them are listed here."))
     prior_section(rep, results)
     trained_section(rep, results)
     diversity_section(rep, results)
