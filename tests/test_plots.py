@@ -60,6 +60,13 @@ def _figures(rng):
             {"x1": {"n": times[1:], "theory": 1 / times[1:], "measured": ([4, 16], [0.3, 0.07], [0.05, 0.01])}},
             learnability=times[1:, None] / (times[1:, None] + values[:5]), learnability_n=times[1:],
             eigenvalues=values[:5]),
+        "coin_levels": plots.coin_levels([{"walls": np.eye(3, 5, dtype=bool), "start": (1, 0), "coin": (2, 0),
+                                           "end": (0, 4), "paths": {"kernel": [(1, 0), (2, 0)]}, "title": t}
+                                          for t in ("a", "b", "c")]),
+        "coin_agreement": plots.coin_agreement([{"arch": "MLP", "kernel_coin": 0.1, "trained_coin": 0.2,
+                                                 "kernel_end": 0.8, "trained_end": 0.5, "gap": -30.0}]),
+        "coin_diversity": plots.coin_diversity({"MLP": {"fraction": [0, 0.1, 0.5], "gap": [-30, -10, 2],
+                                                        "kernel": [0, 0.4, 0.9], "trained": [0, 0.2, 0.8]}}),
     }
 
 

@@ -710,6 +710,8 @@ def _draw_level(ax, walls: np.ndarray, start, coin, end, paths: Mapping[str, Seq
         ax.plot(cells[-1, 1] + offset, cells[-1, 0] + offset, "x", color=CYCLE[(k + 1) % len(CYCLE)], ms=8,
                 mew=2, zorder=5)
     ax.set_title(title, fontsize=9)
+    ax.set_xlabel("column", fontsize=8, labelpad=1)
+    ax.set_ylabel("row", fontsize=8, labelpad=1)
 
 
 @_styled
