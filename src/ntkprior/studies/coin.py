@@ -725,7 +725,8 @@ def arch_study(name: str, data: CoinData, sizes: CoinSizes, seed: int = 0,
                "kernel_policy_nngp": base["nngp"]["rollout"].fractions, "kernel_policy_at_t": at_t.fractions,
                "max_stable_learning_rate": lr_max, **public, "diversity_curve": curve, "hyperparameters": settings,
                "diagnosis": diagnosis, "n_train_states": int(len(rows0)), "steps": sizes.steps,
-               "disagreement": {f"{k} width {w}": v for (k, w), v in gaps.items()}}
+               "disagreement": {f"{k} width {w}": v for (k, w), v in gaps.items()},
+               "disagreement_at_t": {w: _disagreement(run, at_t.fractions) for w, run in trained["trained"].items()}}
     arrays = {"kernel": base["ntk"]["rollout"],
               "trained": {w: run["rollouts"][0] for w, run in trained["trained"].items()}}
     return StudyResult(name, numbers, arrays)

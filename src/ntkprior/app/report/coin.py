@@ -125,7 +125,9 @@ def trained_section(rep: Report, results: dict) -> None:
             verdict_text = (f"they agree (total variation {fmt(tv, 2)})" if tv <= study.AGREEMENT else
                             f"they disagree (total variation {fmt(tv, 2)})")
             rep.finding(f"{NAMES[name]}: trained networks of width {widths[-1]} (kernel regime) go: {_shares(wide)}; "
-                        f"the kernel policy: {_shares(r['kernel_policy'])}; {verdict_text}.")
+                        f"the kernel policy: {_shares(r['kernel_policy'])}; {verdict_text}. The kernel at the "
+                        f"networks' training time goes: {_shares(r['kernel_policy_at_t'])} (total variation "
+                        f"{fmt(r['disagreement_at_t'][widths[-1]], 2)}).")
         with rep.task("agreement figure"):
             fig = plots.coin_agreement(points)
             sec.blocks.append(rep.figure(
