@@ -115,7 +115,8 @@ def trained_section(rep: Report, results: dict) -> None:
                     rows.append([NAMES[name], w, label, fmt(t["learning_rate"], 3), t["networks"], t["diverged"],
                                  fmt(t["coin"], 3), fmt(t["end"], 3), fmt(t["neither"], 3),
                                  fmt(r["kernel_policy"]["coin"], 3), fmt(r["kernel_policy"]["end"], 3),
-                                 fmt(r["kernel_policy_at_t"]["end"], 3), fmt(r["disagreement"][f"{regime} width {w}"], 3)])
+                                 fmt(r["kernel_policy_at_t"]["end"], 3),
+                                 fmt(r["disagreement"][f"{regime} width {w}"], 3)])
                     points.append({"arch": NAMES[name], "kernel_coin": r["kernel_policy"]["coin"],
                                    "trained_coin": t["coin"], "kernel_end": r["kernel_policy"]["end"],
                                    "trained_end": t["end"], "gap": r["prior_logp_gap"],
@@ -155,6 +156,16 @@ def trained_section(rep: Report, results: dict) -> None:
                 f"{fmt(d['disagreement'], 3)})", d["answers"], d["in_kernel_regime"], d["checks"], d["notes"]))
 
 
+def _first_half(curve: list, key: str, who: str) -> str:
+    """When ``who`` first reaches the coin in at least half the test levels along the diversity curve."""
+    reached = [p["fraction"] for p in curve if p[key] >= 0.5]
+    verb = "reaches" if who.startswith("the ") else "reach"
+    if not reached:
+        return (f"{who} {verb} the coin in fewer than half the test levels up to "
+                f"{fmt(100 * curve[-1]['fraction'], 3)} % diverse levels")
+    return f"{who} {verb} the coin in at least half the test levels from {fmt(100 * min(reached), 3)} % diverse levels on"
+
+
 def diversity_section(rep: Report, results: dict) -> None:
     intro = ("The same question as the share of training levels with the coin elsewhere grows: how much diverse "
              "data makes the prior prefer the coin, and the policies go for it? The fraction of levels changes at a "
@@ -171,6 +182,8 @@ def diversity_section(rep: Report, results: dict) -> None:
             rep.finding(f"{NAMES[name]}: the NTK prior prefers the coin from {fmt(100 * min(flips), 3)} % diverse "
                         "levels on." if flips else f"{NAMES[name]}: the NTK prior prefers the end at every fraction "
                         f"up to {fmt(100 * c[-1]['fraction'], 3)} %.")
+            rep.finding(f"{NAMES[name]}: {_first_half(c, 'kernel_coin_rate', 'the kernel policy')}; "
+                        f"{_first_half(c, 'trained_coin_rate', 'trained networks')}.")
             rows += [[NAMES[name], fmt(100 * p["fraction"], 3), p["n_train_states"], fmt(p["prior_logp_gap"]),
                       fmt(p["prior_logp_gap_nngp"]), fmt(p["kernel_coin_rate"], 3), fmt(p["trained_coin_rate"], 3)]
                      for p in c]
