@@ -67,6 +67,13 @@ def _figures(rng):
         "signal_modes": plots.signal_modes({"CNN": vectors[:4], "MLP": vectors[4:8]}),
         "orbit_kernels": plots.orbit_kernels({"a": vectors @ np.diag(values) @ vectors.T},
                                              {"a": (values, values)}),
+        "coin_levels": plots.coin_levels([{"walls": np.eye(3, 5, dtype=bool), "start": (1, 0), "coin": (2, 0),
+                                           "end": (0, 4), "paths": {"kernel": [(1, 0), (2, 0)]}, "title": t}
+                                          for t in ("a", "b", "c")]),
+        "coin_agreement": plots.coin_agreement([{"arch": "MLP", "kernel_coin": 0.1, "trained_coin": 0.2,
+                                                 "kernel_end": 0.8, "trained_end": 0.5, "gap": -30.0}]),
+        "coin_diversity": plots.coin_diversity({"MLP": {"fraction": [0, 0.1, 0.5], "gap": [-30, -10, 2],
+                                                        "kernel": [0, 0.4, 0.9], "trained": [0, 0.2, 0.8]}}),
     }
 
 

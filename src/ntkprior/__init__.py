@@ -59,6 +59,7 @@ _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 #: public module names kept from the flat layout
 _MODULES = {"distributed": "scale.distributed", "stored": "scale.stored", "plots": "app.plots",
             "report": "app.report", "estimators": "prior.estimators"}
+_MODULES["studies"] = "studies"          # ntp.studies.coin (issue 14): studies load on first use
 
 
 def __getattr__(name):

@@ -748,6 +748,57 @@ def accuracy_bars(groups: Mapping[str, Mapping[str, float]], *, title: str | Non
     ax.set_ylim(0, 1)
     ax.set_ylabel(ylabel)
     ax.legend()
+
+
+# ================================================================================== the coin
+#: How the coin study draws each object of a level.
+_COIN_STYLE = {"coin": dict(marker="o", color=OKABE_ITO["orange"], ms=13, mec="black"),
+               "end": dict(marker="s", color=OKABE_ITO["green"], ms=13, mec="black"),
+               "start": dict(marker="^", color=OKABE_ITO["blue"], ms=10, mec="black")}
+
+
+def _draw_level(ax, walls: np.ndarray, start, coin, end, paths: Mapping[str, Sequence], title: str) -> None:
+    h, w = walls.shape
+    ax.imshow(walls, cmap="Greys", vmin=0, vmax=1.6, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_xticks(np.arange(-0.5, w, 1.0), labels=[])
+    ax.set_yticks(np.arange(-0.5, h, 1.0), labels=[])
+    ax.tick_params(length=0)
+    ax.grid(True, color="#999999", alpha=0.6, linewidth=0.6)
+    for name, cell in (("end", end), ("coin", coin), ("start", start)):
+        ax.plot(cell[1], cell[0], ls="none", zorder=3, **_COIN_STYLE[name])
+    n = max(len(paths), 1)
+    for k, (label, path) in enumerate(paths.items()):
+        cells = np.asarray(path, dtype=float).reshape(-1, 2)
+        offset = (k - (n - 1) / 2) * 0.14           # paths over the same cells drawn side by side
+        ax.plot(cells[:, 1] + offset, cells[:, 0] + offset, "-", color=CYCLE[(k + 1) % len(CYCLE)], lw=2.2,
+                zorder=4, label=label, alpha=0.9)
+        ax.plot(cells[-1, 1] + offset, cells[-1, 0] + offset, "x", color=CYCLE[(k + 1) % len(CYCLE)], ms=8,
+                mew=2, zorder=5)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("column", fontsize=8, labelpad=1)
+    ax.set_ylabel("row", fontsize=8, labelpad=1)
+
+
+@_styled
+def coin_levels(panels: Sequence[Mapping], *, ncols: int = 3, title: str | None = None) -> Figure:
+    """Levels with trajectories. Each panel: ``walls`` (h, w) bool, ``start``, ``coin``, ``end`` (row, column),
+    ``paths`` ({label: [(row, column), ...]}, each ending where its episode ended, marked ×) and ``title``.
+    Walls are dark cells, the coin an orange disc, the end a green square, the start a blue triangle."""
+    if not panels:
+        raise ValueError("panels: nothing to draw; pass at least one level")
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    h, w = np.asarray(panels[0]["walls"]).shape
+    fig, axes = _figure(nrows, ncols, width=2.4 * ncols * max(w / 6, 0.8), height=1.45 * nrows * max(h / 3, 0.8) + 0.6)
+    for ax, panel in zip(axes.flat, panels):
+        _draw_level(ax, np.asarray(panel["walls"], dtype=float), panel["start"], panel["coin"], panel["end"],
+                    panel.get("paths", {}), panel.get("title", ""))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], ls="none", label=k, **v) for k, v in _COIN_STYLE.items()]
+    labels = list(panels[0].get("paths", {}))
+    handles += [Line2D([], [], color=CYCLE[(k + 1) % len(CYCLE)], lw=2.2, label=lab) for k, lab in enumerate(labels)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
     return _finish(fig, title)
 
 
@@ -764,6 +815,45 @@ def cumulative_shares(curves: Mapping[str, object], *, title: str | None = None,
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.legend()
+
+
+def coin_agreement(points: Sequence[Mapping], *, title: str | None = None) -> Figure:
+    """The prior's prediction against trained networks. Each point: ``arch``, ``kernel_coin`` / ``kernel_end`` (the
+    kernel policy's shares of episodes to the coin / the end), ``trained_coin`` / ``trained_end`` (the networks'),
+    ``gap`` (the prior's log p(coin) − log p(end), nats), ``size`` (1 narrow, 2 wide) and ``large_lr`` (bool:
+    hollow marker). Left and middle: shares, with the diagonal of agreement; right: the gap against the
+    networks' coin share (symmetric log scale)."""
+    if not points:
+        raise ValueError("points: nothing to draw; pass at least one comparison")
+    archs = list(dict.fromkeys(p["arch"] for p in points))
+    markers = ("o", "s", "D", "^", "v")
+    fig, axes = _figure(1, 3, width=13.0, height=4.2)
+    coin_ax, end_ax, gap_ax = axes[0]
+    for p in points:
+        a = archs.index(p["arch"])
+        style = dict(marker=markers[a % len(markers)], ms=4 + 2 * p.get("size", 1), ls="none", mec=CYCLE[a],
+                     mfc="none" if p.get("large_lr") else CYCLE[a], mew=1.5, alpha=0.85)
+        jitter = 0.012 * (p.get("size", 1) - 1.5)
+        coin_ax.plot(p["kernel_coin"] + jitter, p["trained_coin"], **style)
+        end_ax.plot(p["kernel_end"] + jitter, p["trained_end"], **style)
+        gap_ax.plot(p["gap"], p["trained_coin"], **style)
+    for ax, goal in ((coin_ax, "coin"), (end_ax, "end")):
+        ax.plot([0, 1], [0, 1], ":", color=OKABE_ITO["black"], lw=1)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_xlabel(f"kernel policy (NTK-GP mean): share to the {goal}")
+        ax.set_ylabel(f"trained networks: share to the {goal}")
+    for ax in axes[0]:
+        ax.set_ylim(-0.05, 1.05)
+    gap_ax.set_ylabel("trained networks: share to the coin")
+    gap_ax.set_xscale("symlog", linthresh=1.0)
+    gap_ax.axvline(0, color=OKABE_ITO["black"], lw=1, ls=":")
+    gap_ax.set_xlabel("prior: log p(coin labeling) − log p(end labeling)  [nats]")
+    handles = [Line2D([], [], marker=markers[a % len(markers)], ls="none", color=CYCLE[a], label=name)
+               for a, name in enumerate(archs)]
+    handles += [Line2D([], [], marker="o", ls="none", mfc="none", mec="gray", label="larger learning rate"),
+                Line2D([], [], marker="o", ls="none", color="gray", ms=4, label="narrow"),
+                Line2D([], [], marker="o", ls="none", color="gray", ms=8, label="wide")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     return _finish(fig, title)
 
 
@@ -812,3 +902,33 @@ def orbit_kernels(matrices: Mapping[str, object], spectra: Mapping[str, tuple], 
 
 
 __all__ += ["accuracy_bars", "cumulative_shares", "signal_modes", "orbit_kernels"]
+
+
+def coin_diversity(curves: Mapping[str, Mapping], *, title: str | None = None) -> Figure:
+    """The diversity curve per architecture: ``fraction`` (share of training levels with the coin elsewhere),
+    ``gap`` (the prior's log-probability gap, nats), ``kernel`` (the kernel policy's coin rate) and ``trained``
+    (trained networks' coin rate). Left: the gap (symmetric log scale, 0 dotted); right: the coin rates."""
+    if not curves:
+        raise ValueError("curves: nothing to draw; pass at least one architecture's curve")
+    fig, axes = _figure(1, 2, width=10.0, height=4.0)
+    left, right = axes[0]
+    for a, (name, c) in enumerate(curves.items()):
+        f = 100 * _array(c["fraction"], f"curves[{name!r}]['fraction']", 1)
+        left.plot(f, _array(c["gap"], "gap", 1), "o-", color=CYCLE[a], label=name)
+        right.plot(f, _array(c["kernel"], "kernel", 1), "o-", color=CYCLE[a], label=f"{name}: kernel policy")
+        right.plot(f, _array(c["trained"], "trained", 1), "s--", color=CYCLE[a], mfc="none",
+                   label=f"{name}: trained networks")
+    for ax in (left, right):
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("training levels with the coin elsewhere [%]")
+    left.set_yscale("symlog", linthresh=1.0)
+    left.axhline(0, color=OKABE_ITO["black"], lw=1, ls=":")
+    left.set_ylabel("log p(coin) − log p(end)  [nats]")
+    left.legend(loc="best")
+    right.set_ylim(-0.05, 1.05)
+    right.set_ylabel("share of test episodes to the coin")
+    right.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _finish(fig, title)
+
+
+__all__ += ["coin_levels", "coin_agreement", "coin_diversity"]

@@ -388,7 +388,7 @@ def _check_ensemble_mean(f: dict, gaps: np.ndarray, allowed: np.ndarray, e: int,
     diff = abs(f["ensemble_mean"][j] - f["lee_mean"][j])
     figures = (f"the mean of the {e} trained networks differs from the Lee et al. GD-ensemble mean by up to "
                f"{diff:.3g} ({_input_name(x_test, j[0])}, Lee et al. std {f['lee_std'][j[0]]:.3g}; allowed "
-               f"{MEAN_Z:g}σ/√{e} + {MEAN_BIAS:g}·RMS(y) = {allowed[j]:.3g})")
+               f"{MEAN_Z:g}σ/√{e} + {MEAN_BIAS:g}·RMS(y) = {np.broadcast_to(allowed, gaps.shape)[j]:.3g})")
     if passed:
         return Check("ensemble_mean", True, f"{figures}.")
     return Check("ensemble_mean", False, f"{figures}: the trained networks do not follow the kernel's prediction.")

@@ -284,10 +284,10 @@ def activation_full(amap, state: KernelState) -> None:
     The position diagonal of each input's covariance is set from ``amap.diag`` (exact there:
     the angle is 0, not round-off).
     """
-    check = getattr(amap, "_check_accuracy", None)
+    check = getattr(amap, "check_accuracy", None)      # quadrature maps warn where their rule is inaccurate
     d1 = _position_diagonal(state.var1).contiguous()
     if check is not None:
-        check(d1.reshape(-1))
+        check(state.var1, d1[..., :, None], d1[..., None, :])
     t1d, tdot1d = amap.diag(d1)
     t1, tdot1 = amap.pair(state.var1.clone(), d1[..., :, None], d1[..., None, :])
     _position_diagonal(t1).copy_(t1d)
@@ -299,6 +299,8 @@ def activation_full(amap, state: KernelState) -> None:
     d2 = _position_diagonal(state.var2).contiguous()
     t2, _ = amap.pair(state.var2.clone(), d2[..., :, None], d2[..., None, :])
     _position_diagonal(t2).copy_(amap.diag(d2)[0])
+    if check is not None:
+        check(state.cov, d1[:, None, :, None], d2[None, :, None, :])
     t, tdot = amap.pair(state.cov, d1[:, None, :, None], d2[None, :, None, :])
     state.cov = t
     state.ntk.mul_(tdot)

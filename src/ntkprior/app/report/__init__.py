@@ -37,6 +37,7 @@ __all__ = ["build_report", "ReportOutput", "Sizes", "FULL", "QUICK", "DEFAULT_AR
 STUDIES = {"document": document}
 STUDIES["mnist1d"] = mnist1d_layout
 STUDIES["similarity"] = similarity_layout
+STUDIES["coin"] = __import__("ntkprior.app.report.coin", fromlist=["plan"])      # issue 14: the coin
 
 
 @dataclass
