@@ -159,6 +159,6 @@ def test_eigenvector_maps_colour_each_input_by_its_eigenvector_value(tmp_path):
     fig = plots.eigenvector_maps(xy, vectors, eigenvalues=np.arange(5, 0, -1.0), max_modes=5)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert len(panels) == 5 and panels[0].get_title() == "mode 1 (λ=5)"
-    np.testing.assert_allclose(panels[2].collections[0].get_array(), vectors[:, 2])
+    np.testing.assert_allclose(panels[2].collections[0].get_array(), vectors[:, 2] / np.abs(vectors[:, 2]).max())
     with pytest.raises(ValueError, match="xy: expected 2 coordinates"):
         plots.eigenvector_maps(rng.normal(size=(30, 3)), vectors)

@@ -231,15 +231,15 @@ def eigenvector_maps(xy, vectors, *, eigenvalues=None, max_modes: int = 8, xlabe
     for i in range(k):
         ax = axes.flat[i]
         v = vectors[:, i]
-        scale = float(np.max(np.abs(v))) or 1.0
-        points = ax.scatter(xy[:, 0], xy[:, 1], c=v, cmap="RdBu_r", vmin=-scale, vmax=scale, s=22,
+        v = v / (float(np.max(np.abs(v))) or 1.0)          # each mode on the one colour scale [-1, 1]
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=v, cmap="RdBu_r", vmin=-1.0, vmax=1.0, s=22,
                             edgecolors="0.3", linewidths=0.3)
         ax.set_title(f"mode {i + 1}" + ("" if values is None else f" (λ={values[i]:.3g})"), fontsize=9)
         if i % ncols == 0:
             ax.set_ylabel(ylabel)
         if i // ncols == nrows - 1 or i + ncols >= k:
             ax.set_xlabel(xlabel)
-    fig.colorbar(points, ax=axes.ravel().tolist(), shrink=0.8, label="eigenvector value (each scaled to ±1)")
+    fig.colorbar(points, ax=axes.ravel().tolist(), shrink=0.8, label="eigenvector value / its largest |value|")
     return _finish(fig, title)
 
 

@@ -317,7 +317,9 @@ def _check_convergence(f: dict) -> Check:
     figures = (f"after {f['steps']} steps the trained networks leave {residual:.1%} of the labels unfit "
                f"(RMS residual / RMS y, median), the infinite-width network {f['unlearned_analytic']:.1%}; "
                f"analytic modes with ηλt/m < {LEARNED:g} carrying labels: {modes}; the empirical NTKs "
-               f"have {int(np.median(slow_empirical))} such mode(s) (median), the slowest at ηλ̂t/m = {slowest:.2g}")
+               f"have {int(np.median(slow_empirical))} such mode(s) (median), the slowest at ηλ̂t/m = "
+               + (f"{slowest:.2g}" if slowest > 0 else
+                  f"{slowest:.2g} (the empirical NTK is numerically singular: its smallest eigenvalue is ≤ 0)"))
     if passed:
         return Check("unconverged_modes", True, f"training has converged: {figures}.")
     if f["unlearned_analytic"] >= 0.5 * residual:

@@ -22,7 +22,8 @@ from ntkprior.app.cli.base import (ARCH_HELP, CANDIDATES_HELP, SMALL, TRAIN_HELP
 def report(out: Path = typer.Option(Path("ntkprior-report"), "--out", help="directory for index.html, "
                                     "figures/ and results.json"),
            study: str = typer.Option("document", "--study", help="which study: document (the analysis of the "
-                                     "document that started the project; the default)"),
+                                     "document that started the project; the default), mnist1d, similarity or "
+                                     "coin (real data; mnist1d needs the studies extra)"),
            seed: int = typer.Option(0, "--seed", help="seed of the data and of the trained networks"),
            quick: bool = typer.Option(False, "--quick", help="a smoke-sized run (seconds, not minutes)"),
            arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP + " (your data only)"),

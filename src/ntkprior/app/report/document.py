@@ -30,7 +30,7 @@ def eigen_section(rep: Report, panels: dict, x: torch.Tensor, coordinate: np.nda
     """Spectrum and first eigenvectors of each ``panels[title] = (arch, kernel)`` on inputs x."""
     with rep.section("eigenmodes", "1. Eigenmodes", intro) as sec:
         study = eigen_study(panels, x, coordinate, coordinate_label, rep.progress, max_modes)
-        res, drawn, one_d = study.numbers, study.arrays, study.numbers["one_d"]
+        res, drawn, one_d = study.numbers, study.arrays["kernels"], study.numbers["one_d"]
         rep.results["eigenmodes"] = res
         for title, r in res["kernels"].items():
             if one_d:
@@ -48,6 +48,18 @@ def eigen_section(rep: Report, panels: dict, x: torch.Tensor, coordinate: np.nda
                 "is the round-off level n·ε·λ₁, below which eigenvalues are noise). Bottom: the first "
                 f"{max_modes} eigenvectors as functions of {coordinate_label}, each scaled to the same height.",
                 "eigenvalue spectra and eigenvectors of each kernel"))
+        if not one_d:
+            xy, (xlabel, ylabel) = study.arrays["plane"]
+            for title, vectors in study.arrays["vectors"].items():
+                with rep.task(f"eigenvector maps of the {title}"):
+                    fig = plots.eigenvector_maps(xy, vectors, eigenvalues=drawn[title]["values"],
+                                                 max_modes=max_modes, xlabel=xlabel, ylabel=ylabel,
+                                                 title=f"{title}: the first eigenvectors over the inputs")
+                    sec.blocks.append(rep.figure(
+                        fig, f"eigenvector_maps_{title.lower()}", f"The first {max_modes} eigenvectors of the "
+                        f"{title}, each input drawn at ({xlabel}, {ylabel}) and coloured by the eigenvector's "
+                        "value there (red positive, blue negative): the view that suits inputs of more than "
+                        "one dimension.", f"eigenvectors of the {title} as colour maps"))
         titles, rows = list(panels), []
         for i in range(min(max_modes, res["n"])):
             row = [i + 1]
@@ -231,7 +243,7 @@ def training_section(rep: Report, data: Data, sizes: Sizes, settings: list, curv
         for ((label, learning_rate, width), drawn), entry in zip(study.arrays["panels"].items(), res["settings"]):
             title = f"{label}, η = {fmt(learning_rate)}, width {width}"
             if learning_rate >= entry["max_stable_lr_analytic"]:
-                title += f"\nη > 2m/λ_max = {fmt(entry['max_stable_lr_analytic'], 3)}: kernel curve = gradient flow"
+                title += f"\nη > 2m/λ_max = {fmt(entry['max_stable_lr_analytic'], 3)}: gradient flow"
             panels[title], kernel_mean[title], kernel_std[title] = (drawn["networks"], drawn["kernel_mean"],
                                                                     drawn["kernel_std"])
         for s in res["settings"]:
@@ -444,7 +456,8 @@ def default_tasks(data: Data, sizes: Sizes) -> int:
 
 def user_tasks(data: Data, trained_widths: int) -> int:
     """Progress steps of :func:`run_user`."""
-    return 2 + 1 + _prior_page_tasks(data) + trained_widths + 3 + 1 + 1
+    maps = 0 if data.x_train.ndim == 2 and data.x_train.shape[1] == 1 else 2     # eigenvector maps (d > 1)
+    return 2 + 1 + maps + _prior_page_tasks(data) + trained_widths + 3 + 1 + 1
 
 
 def run_default(rep: Report, *, data: Data, sizes: Sizes, seed: int) -> dict:

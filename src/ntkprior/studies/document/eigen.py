@@ -25,7 +25,7 @@ def eigen_study(panels: dict, x: torch.Tensor, coordinate: np.ndarray, coordinat
     for title, (arch, kernel) in panels.items():
         with progress.task(f"eigenmodes of the {title}"):
             modes = eigenmodes(arch, x, kernel=kernel)
-        vectors = modes.vectors[order]
+        vectors = modes.vectors[order]          # along the coordinate; "vectors" below: input order
         k = min(max_modes, len(modes))
         changes = count_sign_changes(vectors[:, :k]) if one_d else None
         floor = float(x.shape[0] * np.finfo(np.float64).eps * float(modes.values[0]))
@@ -34,4 +34,16 @@ def eigen_study(panels: dict, x: torch.Tensor, coordinate: np.ndarray, coordinat
                                  "roundoff_level": floor, "above_roundoff": int((modes.values > floor).sum())}
         drawn[title] = {"x": coordinate[order], "values": modes.values, "vectors": vectors,
                         "sign_changes": changes, "floor": floor}
-    return StudyResult("eigenmodes", res, drawn)
+    plane = None if one_d else input_plane(x)
+    return StudyResult("eigenmodes", res, {"kernels": drawn, "plane": plane,
+                                           "vectors": {t: d["vectors"] for t, d in drawn.items()}})
+
+
+def input_plane(x: torch.Tensor) -> tuple[np.ndarray, tuple[str, str]]:
+    """Two coordinates to draw inputs in: 2-D inputs as they are, anything else (more features,
+    signals, images) on its first two principal coordinates."""
+    flat = x.reshape(len(x), -1).numpy()
+    if flat.shape[1] == 2:
+        return flat, ("x₁", "x₂")
+    from sklearn.decomposition import PCA
+    return PCA(2).fit_transform(flat), ("principal coordinate 1", "principal coordinate 2")
