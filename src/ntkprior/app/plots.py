@@ -748,6 +748,70 @@ def accuracy_bars(groups: Mapping[str, Mapping[str, float]], *, title: str | Non
     ax.set_ylim(0, 1)
     ax.set_ylabel(ylabel)
     ax.legend()
+    return _finish(fig, title)
+
+
+@_styled
+def cumulative_shares(curves: Mapping[str, object], *, title: str | None = None,
+                      ylabel: str = "share of the label energy in the top k modes") -> Figure:
+    """``curves[name]`` (n,) per-mode shares, drawn cumulatively against k (log scale)."""
+    fig, axes = _figure(width=6.4, height=4.2)
+    ax = axes[0, 0]
+    for i, (name, share) in enumerate(curves.items()):
+        s = _array(share, f"curves[{name!r}]", 1)
+        ax.semilogx(np.arange(1, s.size + 1), np.cumsum(s), "-", color=CYCLE[i % len(CYCLE)], label=name)
+    ax.set_xlabel("k (modes, largest eigenvalue first)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    return _finish(fig, title)
+
+
+@_styled
+def signal_modes(panels: Mapping[str, object], *, title: str | None = None, xlabel: str = "position") -> Figure:
+    """One panel per ``panels[name]`` (modes, L): each mode's input-space pattern as a signal, scaled to
+    the same height and stacked, mode 1 on top."""
+    arrays = {k: _array(v, f"panels[{k!r}]", 2) for k, v in panels.items()}
+    rows = max(a.shape[0] for a in arrays.values())
+    fig, axes = _figure(1, len(arrays), width=3.2 * len(arrays), height=0.75 * rows + 1.2)
+    for j, (name, a) in enumerate(arrays.items()):
+        ax = axes[0, j]
+        for i in range(a.shape[0]):
+            scale = np.abs(a[i]).max() or 1.0
+            ax.plot(a[i] / scale - 2.4 * i, "-", color=CYCLE[j % len(CYCLE)], lw=1.2)
+        ax.set_yticks(-2.4 * np.arange(a.shape[0]), [f"mode {i + 1}" for i in range(a.shape[0])], fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+    axes[0, 0].set_ylabel("each mode scaled to max |m| = 1")
+    return _finish(fig, title)
+
+
+@_styled
+def orbit_kernels(matrices: Mapping[str, object], spectra: Mapping[str, tuple], *,
+                  title: str | None = None) -> Figure:
+    """Top row: each kernel on the L circular shifts of one signal (a circulant matrix is constant
+    along its wrapped diagonals). Bottom: its eigenvalues beside the DFT of its circulant part."""
+    fig, axes = _figure(2, len(matrices), width=3.0 * len(matrices), height=5.6)
+    for j, (name, k) in enumerate(matrices.items()):
+        m = _array(k, f"matrices[{name!r}]", 2)
+        ax = axes[0, j]
+        ax.imshow(m, cmap=SEQUENTIAL, interpolation="nearest", vmin=min(0.0, m.min()), vmax=m.max())
+        ax.grid(False)
+        ax.set_title(name, fontsize=8.5)
+        ax.set_xlabel("shift b")
+        ax.set_ylabel("shift a")
+        eig, dft = (_array(v, name, 1) for v in spectra[name])
+        ax = axes[1, j]
+        idx = np.arange(1, eig.size + 1)
+        ax.semilogy(idx, np.clip(eig, 1e-16, None), "o", ms=3.5, mfc="none", color=CYCLE[0], label="eigenvalues")
+        ax.semilogy(idx, np.clip(dft, 1e-16, None), ".", ms=3, color=CYCLE[1], label="DFT of the circulant part")
+        ax.set_xlabel("index")
+        if j == 0:
+            ax.legend(fontsize=7)
+    return _finish(fig, title)
+
+
+__all__ += ["accuracy_bars", "cumulative_shares", "signal_modes", "orbit_kernels"]
 
 
 # ================================================================================== the coin
@@ -803,20 +867,6 @@ def coin_levels(panels: Sequence[Mapping], *, ncols: int = 3, title: str | None 
 
 
 @_styled
-def cumulative_shares(curves: Mapping[str, object], *, title: str | None = None,
-                      ylabel: str = "share of the label energy in the top k modes") -> Figure:
-    """``curves[name]`` (n,) per-mode shares, drawn cumulatively against k (log scale)."""
-    fig, axes = _figure(width=6.4, height=4.2)
-    ax = axes[0, 0]
-    for i, (name, share) in enumerate(curves.items()):
-        s = _array(share, f"curves[{name!r}]", 1)
-        ax.semilogx(np.arange(1, s.size + 1), np.cumsum(s), "-", color=CYCLE[i % len(CYCLE)], label=name)
-    ax.set_xlabel("k (modes, largest eigenvalue first)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.02)
-    ax.legend()
-
-
 def coin_agreement(points: Sequence[Mapping], *, title: str | None = None) -> Figure:
     """The prior's prediction against trained networks. Each point: ``arch``, ``kernel_coin`` / ``kernel_end`` (the
     kernel policy's shares of episodes to the coin / the end), ``trained_coin`` / ``trained_end`` (the networks'),
@@ -858,52 +908,6 @@ def coin_agreement(points: Sequence[Mapping], *, title: str | None = None) -> Fi
 
 
 @_styled
-def signal_modes(panels: Mapping[str, object], *, title: str | None = None, xlabel: str = "position") -> Figure:
-    """One panel per ``panels[name]`` (modes, L): each mode's input-space pattern as a signal, scaled to
-    the same height and stacked, mode 1 on top."""
-    arrays = {k: _array(v, f"panels[{k!r}]", 2) for k, v in panels.items()}
-    rows = max(a.shape[0] for a in arrays.values())
-    fig, axes = _figure(1, len(arrays), width=3.2 * len(arrays), height=0.75 * rows + 1.2)
-    for j, (name, a) in enumerate(arrays.items()):
-        ax = axes[0, j]
-        for i in range(a.shape[0]):
-            scale = np.abs(a[i]).max() or 1.0
-            ax.plot(a[i] / scale - 2.4 * i, "-", color=CYCLE[j % len(CYCLE)], lw=1.2)
-        ax.set_yticks(-2.4 * np.arange(a.shape[0]), [f"mode {i + 1}" for i in range(a.shape[0])], fontsize=8)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel(xlabel)
-    axes[0, 0].set_ylabel("each mode scaled to max |m| = 1")
-    return _finish(fig, title)
-
-
-@_styled
-def orbit_kernels(matrices: Mapping[str, object], spectra: Mapping[str, tuple], *,
-                  title: str | None = None) -> Figure:
-    """Top row: each kernel on the L circular shifts of one signal (a circulant matrix is constant
-    along its wrapped diagonals). Bottom: its eigenvalues beside the DFT of its circulant part."""
-    fig, axes = _figure(2, len(matrices), width=3.0 * len(matrices), height=5.6)
-    for j, (name, k) in enumerate(matrices.items()):
-        m = _array(k, f"matrices[{name!r}]", 2)
-        ax = axes[0, j]
-        ax.imshow(m, cmap=SEQUENTIAL, interpolation="nearest", vmin=min(0.0, m.min()), vmax=m.max())
-        ax.grid(False)
-        ax.set_title(name, fontsize=8.5)
-        ax.set_xlabel("shift b")
-        ax.set_ylabel("shift a")
-        eig, dft = (_array(v, name, 1) for v in spectra[name])
-        ax = axes[1, j]
-        idx = np.arange(1, eig.size + 1)
-        ax.semilogy(idx, np.clip(eig, 1e-16, None), "o", ms=3.5, mfc="none", color=CYCLE[0], label="eigenvalues")
-        ax.semilogy(idx, np.clip(dft, 1e-16, None), ".", ms=3, color=CYCLE[1], label="DFT of the circulant part")
-        ax.set_xlabel("index")
-        if j == 0:
-            ax.legend(fontsize=7)
-    return _finish(fig, title)
-
-
-__all__ += ["accuracy_bars", "cumulative_shares", "signal_modes", "orbit_kernels"]
-
-
 def coin_diversity(curves: Mapping[str, Mapping], *, title: str | None = None) -> Figure:
     """The diversity curve per architecture: ``fraction`` (share of training levels with the coin elsewhere),
     ``gap`` (the prior's log-probability gap, nats), ``kernel`` (the kernel policy's coin rate) and ``trained``
