@@ -45,8 +45,9 @@ class LearningRateWarning(UserWarning):
 def _gaussian_log_prob(psd: SymmetricPSD, y: torch.Tensor, logdet: float | None = None) -> float:
     """``log N(y; 0, M)`` summed over the columns of y (n, k); ``logdet``: log det M if known."""
     n, k = y.shape
+    quad = psd.quad_form(y)         # first: duplicated inputs get their clear error before any factorisation
     logdet = psd.logdet() if logdet is None else logdet
-    return -0.5 * (psd.quad_form(y) + k * logdet + n * k * LOG_2PI)
+    return -0.5 * (quad + k * logdet + n * k * LOG_2PI)
 
 
 def _format_table(headers: list[str], rows: list[list[str]], left: tuple[int, ...] = ()) -> str:
@@ -217,9 +218,10 @@ class KernelPrior:
         :meth:`logdet` (0 for a matrix). It is shared by every labeling of the same prior.
         """
         labels = as_labels(y, self.n, "y")
-        logdet, std = self.logdet(return_std=True)
-        value = _gaussian_log_prob(self.psd, labels, logdet)
-        return (value, 0.5 * labels.shape[1] * std) if return_std else value
+        quad = self.psd.quad_form(labels)     # duplicated inputs are named here, before the log-determinant
+        (logdet, std), (n, k) = self.logdet(return_std=True), labels.shape
+        value = -0.5 * (quad + k * logdet + n * k * LOG_2PI)
+        return (value, 0.5 * k * std) if return_std else value
 
     def rkhs_norm(self, y, *, squared: bool = True) -> float:
         """``y^T H^-1 y`` (summed over columns): the squared RKHS norm, by default.
@@ -633,8 +635,9 @@ def _gp_conditional(psd: SymmetricPSD, cross, test, y, full: bool):
     if is_stored_kernel(psd):
         mean, w = _solve_weights(psd, cross, y, test is not None)
         return mean, None if test is None else _minus_cross(test, w, cross, full)
+    labels = psd.whiten(y)               # first: labels that conflict at duplicated inputs are named
     whitened = psd.whiten(cross.T)                                      # (n, n*)
-    mean = whitened.T @ psd.whiten(y)
+    mean = whitened.T @ labels
     if test is None:
         return mean, None
     if not full:
