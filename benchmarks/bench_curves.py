@@ -22,39 +22,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import threading
 import time
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from common import current_rss
+from common import PeakMemory
 from ntkprior.arch.spec import parse_spec
 from ntkprior.prior.learning_curves import learning_curve, pool_spectrum
 
 ARCH = ("dense(512, weight_std=1.4142135623730951, bias_std=1.0) relu "
         "dense(1, weight_std=1.4142135623730951, bias_std=1.0)")
-
-
-class PeakRSS:
-    """Largest resident-set growth while the block runs (sampled every 2 ms)."""
-
-    def __enter__(self):
-        self.base = self.peak = current_rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, current_rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.growth = max(self.peak, current_rss()) - self.base
 
 
 def problem(n: int, targets: int, seed: int = 0):
@@ -81,7 +60,7 @@ def recompute(K, ys, sizes):
 def best_of(fn, repeats):
     times, out, memory = [], None, 0
     for _ in range(repeats):
-        with PeakRSS() as rss:
+        with PeakMemory() as rss:
             t0 = time.perf_counter()
             out = fn()
             times.append(time.perf_counter() - t0)

@@ -37,7 +37,6 @@ import argparse
 import gc
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import Kernel
 from threadpoolctl import threadpool_limits
 
-from common import current_rss, run_isolated
+from common import PeakMemory, run_isolated
 from ntkprior.arch.layers import Dense, ReLU, serial
 from ntkprior.prior.prior import KernelPrior, predict
 from ntkprior.prior.sources import KernelBlocks
@@ -79,27 +78,6 @@ class PrecomputedKernel(Kernel):
 
     def is_stationary(self):
         return False
-
-
-class PeakMemory:
-    """Peak resident set above the starting one, sampled every 2 ms in a background thread."""
-
-    def __enter__(self):
-        self.start = self.peak = current_rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, current_rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss())
-        self.mb = (self.peak - self.start) / 1e6
 
 
 def seconds(fn) -> tuple[float, object]:

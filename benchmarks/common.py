@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import threading
 import statistics
 import subprocess
 import time
@@ -37,6 +38,29 @@ def timed(fn, repeats: int = 3) -> dict:
 
 def current_rss() -> int:
     return psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """Peak resident set above the starting one while the block runs, sampled every 2 ms in a
+    background thread: ``.growth`` in bytes, ``.mb`` in megabytes."""
+
+    def __enter__(self):
+        self.start = self.peak = current_rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, current_rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss())
+        self.growth = self.peak - self.start
+        self.mb = self.growth / 1e6
 
 
 def peak_rss() -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ntkprior import kernels as km
-from ntkprior.arch.layers import PARAMETERIZATIONS, Layer, _check_std
+from ntkprior.arch.layers import PARAMETERIZATIONS, Layer, _check_std, init_parameters
 from ntkprior.kernels import spatial
 
 PADDINGS = ("same", "valid", "circular")
@@ -107,20 +107,9 @@ class ConvModule(nn.Module):
                  circular: bool, weight_std: float, bias_std: float | None, parameterization: str,
                  generator: torch.Generator, dtype: torch.dtype):
         super().__init__()
-        fan_in = in_channels * math.prod(kernel_size)
         self.stride, self.pads, self.circular = stride, pads, circular
-        self.weight_std, self.bias_std, self.parameterization = weight_std, bias_std, parameterization
-        w = torch.randn(out_channels, in_channels, *kernel_size, generator=generator, dtype=dtype)
-        b = torch.randn(out_channels, generator=generator, dtype=dtype) if bias_std is not None else None
-        if parameterization == "standard":
-            w = w * (weight_std / math.sqrt(fan_in))
-            b = b * bias_std if b is not None else None
-            self.weight_scale, self.bias_scale = 1.0, 1.0
-        else:
-            self.weight_scale = weight_std / math.sqrt(fan_in)
-            self.bias_scale = bias_std if bias_std is not None else 0.0
-        self.weight = nn.Parameter(w)
-        self.bias = nn.Parameter(b) if b is not None else None
+        init_parameters(self, (out_channels, in_channels, *kernel_size), in_channels * math.prod(kernel_size),
+                        weight_std, bias_std, parameterization, generator, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nd = self.weight.ndim - 2

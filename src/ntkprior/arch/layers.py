@@ -89,6 +89,28 @@ class Layer:
         return hash(self.spec())
 
 
+def init_parameters(module: nn.Module, weight_shape: tuple, fan_in: int, weight_std: float,
+                    bias_std: float | None, parameterization: str, generator: torch.Generator,
+                    dtype: torch.dtype) -> None:
+    """Give a weighted layer (Dense, Conv) its parameters and scales, W, b ~ N(0, 1):
+
+    NTK parameterisation: ``z = (σ_w/sqrt(fan_in)) W x + σ_b b`` (the scales ride outside the
+    parameters); standard: ``W ~ N(0, σ_w²/fan_in)``, ``b ~ N(0, σ_b²)``, scales 1. No bias when
+    ``bias_std`` is None."""
+    module.weight_std, module.bias_std, module.parameterization = weight_std, bias_std, parameterization
+    w = torch.randn(*weight_shape, generator=generator, dtype=dtype)
+    b = torch.randn(weight_shape[0], generator=generator, dtype=dtype) if bias_std is not None else None
+    if parameterization == "standard":
+        w = w * (weight_std / math.sqrt(fan_in))
+        b = b * bias_std if b is not None else None
+        module.weight_scale, module.bias_scale = 1.0, 1.0
+    else:
+        module.weight_scale = weight_std / math.sqrt(fan_in)
+        module.bias_scale = bias_std if bias_std is not None else 0.0
+    module.weight = nn.Parameter(w)
+    module.bias = nn.Parameter(b) if b is not None else None
+
+
 class DenseModule(nn.Module):
     """A fully-connected layer with an explicit parameterisation (MATH.md section 1).
 
@@ -101,19 +123,8 @@ class DenseModule(nn.Module):
                  parameterization: str, generator: torch.Generator, dtype: torch.dtype):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight_std, self.bias_std = weight_std, bias_std
-        self.parameterization = parameterization
-        w = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
-        b = torch.randn(out_features, generator=generator, dtype=dtype) if bias_std is not None else None
-        if parameterization == "standard":
-            w = w * (weight_std / math.sqrt(in_features))
-            b = b * bias_std if b is not None else None
-            self.weight_scale, self.bias_scale = 1.0, 1.0
-        else:
-            self.weight_scale = weight_std / math.sqrt(in_features)
-            self.bias_scale = bias_std if bias_std is not None else 0.0
-        self.weight = nn.Parameter(w)
-        self.bias = nn.Parameter(b) if b is not None else None
+        init_parameters(self, (out_features, in_features), in_features, weight_std, bias_std, parameterization,
+                        generator, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.nn.functional.linear(x, self.weight) * self.weight_scale
