@@ -279,6 +279,9 @@ class Abs(_PiecewiseLinear):
 
     name, a = "abs", -1.0
 
+    def kernel_map(self):
+        return km.PiecewiseLinearMap(self.a, self.b, slope_at_zero=0.0)     # torch: d|x|/dx = sign(0) = 0
+
     def torch_fn(self):
         return torch.abs
 

@@ -67,11 +67,28 @@ class PiecewiseLinearMap(ActivationMap):
         E[φ(u)²] = (a² + b²)/2 · K11
     """
 
-    def __init__(self, a: float, b: float):
+    def __init__(self, a: float, b: float, slope_at_zero: float | None = None):
         self.even = (a * a + b * b) / 2.0
         self.odd = (a - b) ** 2 / (2.0 * math.pi)
+        self.mean_slope = (a + b) / 2.0                 # E[φ'(v)], v ~ N(0, σ² > 0)
+        self.slope_at_zero = a if slope_at_zero is None else slope_at_zero   # φ'(0) as torch's autograd has it
 
     def pair(self, cov, var1, var2):
+        t, tdot = self._arc_cosine(cov, var1, var2)
+        return t, self._at_zero_variance(tdot, var1, var2)
+
+    def _at_zero_variance(self, tdot, var1, var2):
+        """Where a pre-activation variance is exactly 0 the pre-activation is exactly 0 in every network
+        (e.g. a zero input without biases), so φ' there is φ'(0), torch's convention, not the Gaussian
+        average: ``T' = φ'(0)·E[φ'(v)]`` with one side at 0, ``φ'(0)²`` with both."""
+        zero1, zero2 = var1 == 0, var2 == 0
+        if not (bool(zero1.any()) or bool(zero2.any())):
+            return tdot
+        one = torch.full_like(tdot, self.slope_at_zero * self.mean_slope)
+        both = torch.full_like(tdot, self.slope_at_zero ** 2)
+        return torch.where(zero1 & zero2, both, torch.where(zero1 | zero2, one, tdot))
+
+    def _arc_cosine(self, cov, var1, var2):
         if self.odd == 0.0:  # linear: T = a²K, T' = a²
             return cov.mul_(self.even), torch.full_like(cov, self.even)
         scales = _power_of_two_scales(var1, var2)
@@ -92,7 +109,7 @@ class PiecewiseLinearMap(ActivationMap):
         return t, tdot
 
     def diag(self, var):
-        return var * self.even, torch.full_like(var, self.even)
+        return var * self.even, self._at_zero_variance(torch.full_like(var, self.even), var, var)
 
 
 class ErfMap(ActivationMap):
