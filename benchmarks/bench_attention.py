@@ -70,29 +70,15 @@ def fresh(n, threads, repeats, save) -> dict:
 
 
 def neural_tangents(n, threads, repeats, workdir: Path) -> dict | None:
-    if not common.NT_PYTHON.exists():
-        print(f"  [neural-tangents skipped: {common.NT_PYTHON} not found; build it with "
-              "../shared/baselines/make-nt-venv.sh /opt/ntvenv]")
-        return None
+    """neural-tangents' jitted kernel_fn on the same inputs (its venv; None when absent)."""
     import numpy as np
     spec, x, out = workdir / "spec.json", workdir / "x.npy", workdir / "nt.npz"
     spec.write_text(json.dumps({"cases": [NT_LAYERS]}))
     np.save(x, inputs(n))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if threads == 1:
-        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    try:
-        proc = subprocess.run([str(common.NT_PYTHON), str(HERE / "nt_attention_baseline.py"), str(spec), str(x),
-                               str(out), "--repeats", str(repeats)], capture_output=True, text=True, timeout=1800,
-                              env=env)
-    except subprocess.TimeoutExpired:
-        print("  [neural-tangents timed out after 1800 s]")
-        return None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        print(f"  [neural-tangents failed: {proc.stderr.strip()[-400:]}]")
-        return None
-    return json.loads(lines[-1]) | {"path": str(out)}
+    env = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"} if threads == 1 else {}
+    result = common.neural_tangents(str(spec), str(x), str(out), "--repeats", str(repeats),
+                                    script=HERE / "nt_attention_baseline.py", timeout=1800, env=env)
+    return None if result is None else result | {"path": str(out)}
 
 
 def main() -> None:

@@ -79,28 +79,14 @@ def fresh(case, shape, n, threads, repeats) -> dict:
 
 
 def neural_tangents(case, shape, n, repeats, save=None) -> dict | None:
-    if not common.NT_PYTHON.exists():
-        print(f"  [neural-tangents skipped: {common.NT_PYTHON} not found; build it with "
-              "../shared/baselines/make-nt-venv.sh /opt/ntvenv]")
-        return None
+    """neural-tangents' jitted kernel_fn on the same inputs (its venv; None when absent)."""
     import numpy as np
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "x.npy"
         np.save(path, inputs(shape, n))
         batch = math.gcd(n, NT_BATCH[case])
-        args = [str(common.NT_PYTHON), str(HERE / "nt_conv_baseline.py"), case, str(path), "--batch", str(batch),
-                "--repeats", str(repeats)] + (["--save", save] if save else [])
-        try:
-            out = subprocess.run(args, capture_output=True, text=True, timeout=1200,
-                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-        except subprocess.TimeoutExpired:
-            print("  [neural-tangents timed out after 1200 s]")
-            return None
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode != 0 or not lines:
-        print(f"  [neural-tangents failed: {out.stderr.strip()[-400:]}]")
-        return None
-    return json.loads(lines[-1])
+        args = [case, str(path), "--batch", str(batch), "--repeats", str(repeats)] + (["--save", save] if save else [])
+        return common.neural_tangents(*args, script=HERE / "nt_conv_baseline.py", timeout=1200)
 
 
 def check(case, shape, n=48) -> None:

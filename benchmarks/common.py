@@ -68,18 +68,25 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def neural_tangents(*args: str, timeout: float = 900) -> dict | None:
-    """Run the neural-tangents baseline script with ``args``; None (and a note) when unavailable."""
-    if not NT_PYTHON.exists() or not NT_BASELINE.exists():
-        print(f"  [neural-tangents baseline skipped: {NT_PYTHON} or {NT_BASELINE} not found; "
+def neural_tangents(*args: str, script: Path = NT_BASELINE, timeout: float = 900,
+                    env: dict | None = None) -> dict | None:
+    """Run a neural-tangents baseline ``script`` (in its own venv) with ``args`` and return the last
+    JSON line it prints; None (and a note) when the venv or script is missing, or the run fails or
+    times out. ``env``: extra environment variables."""
+    if not NT_PYTHON.exists() or not script.exists():
+        print(f"  [neural-tangents baseline skipped: {NT_PYTHON} or {script} not found; "
               "build it with ../shared/baselines/make-nt-venv.sh]")
         return None
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([str(NT_PYTHON), str(NT_BASELINE), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    try:
+        proc = subprocess.run([str(NT_PYTHON), str(script), *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"  [neural-tangents timed out after {timeout:g} s]")
+        return None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        print(f"  [neural-tangents baseline failed: {proc.stderr.strip()[-300:]}]")
+        print(f"  [neural-tangents baseline failed: {proc.stderr.strip()[-400:]}]")
         return None
     return json.loads(lines[-1])
 

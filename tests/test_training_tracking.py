@@ -1,7 +1,6 @@
 """Kernel tracking during training: one verification per run, and the CLI switch that turns it off."""
 
 import numpy as np
-import torch
 from typer.testing import CliRunner
 
 import ntkprior as ntp

@@ -463,8 +463,8 @@ def _warn_diverged(diverged_at: torch.Tensor, learning_rate: float) -> None:
 def _progress(iterable, progress: bool, desc: str = "training"):
     if not progress:
         return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, unit="step" if desc == "training" else "it")
+    from ntkprior.progress import progress_bar
+    return progress_bar(iterable, desc=desc, unit="step" if desc == "training" else "it")
 
 
 # ================================================================================ width sweeps

@@ -31,10 +31,10 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
-from tqdm.auto import tqdm
 
 from ntkprior.kernels import _structured as st
 from ntkprior.data import check_finite, parse_memory, to_tensor
+from ntkprior.progress import progress_bar
 
 METHODS = ("auto", "structured", "jacobian", "ntk-vp")
 OUTPUTS = ("trace", "mean", "full", "diagonal")
@@ -601,7 +601,7 @@ def _blockwise_kernel(featurize, x1, x2, output: str, block: int, keep: bool, pr
     like = dict(dtype=problem.dtype, device=problem.device)
     if output == "diagonal":
         result = torch.empty(len(x1), **like)
-        for i, s in enumerate(tqdm(rows.slices, desc="empirical NTK", unit="block", disable=not progress)):
+        for i, s in enumerate(progress_bar(rows.slices, desc="empirical NTK", unit="block", enabled=progress)):
             result[s] = st.kernel_diagonal(rows[i])
         return result
     cols = rows if symmetric else _Blocks(featurize, x2, block, keep)
@@ -611,7 +611,7 @@ def _blockwise_kernel(featurize, x1, x2, output: str, block: int, keep: bool, pr
     k = problem.k
     result = torch.empty(len(x1), len(cols.x), *((k, k) if output == "full" else ()), **like)
     n_pairs = sum(len(cols.slices) - (i if symmetric else 0) for i in range(len(rows.slices)))
-    with tqdm(total=n_pairs, desc="empirical NTK", unit="block", disable=not progress) as bar:
+    with progress_bar(total=n_pairs, desc="empirical NTK", unit="block", enabled=progress) as bar:
         for i, si in enumerate(rows.slices):
             f1 = rows[i]
             for j in range(i if symmetric else 0, len(cols.slices)):
@@ -639,7 +639,7 @@ def _ntk_vp_kernel(problem: _Problem, x1, x2, output: str, budget: int, progress
         _check_fits(chunk, budget, per_gradient)
         slices = [slice(s, min(s + chunk, len(x1))) for s in range(0, len(x1), chunk)]
         return torch.cat([st.kernel_diagonal(st.Features(flats=_jacobian_features(problem, problem.diff, x1[s])))
-                          for s in tqdm(slices, desc="empirical NTK", unit="block", disable=not progress)])
+                          for s in progress_bar(slices, desc="empirical NTK", unit="block", enabled=progress)])
     x2 = x1 if x2 is None else x2
     per_row = k * (2 * act + k) * its        # one tangent's forward-mode activations, per x1 example
     rows = min(len(x1), max(1, (budget // 2) // per_row))
@@ -649,8 +649,8 @@ def _ntk_vp_kernel(problem: _Problem, x1, x2, output: str, budget: int, progress
     col_slices = [slice(s, min(s + chunk, len(x2))) for s in range(0, len(x2), chunk)]
     result = torch.empty(len(x1), len(x2), *((k, k) if output == "full" else ()),
                          dtype=problem.dtype, device=problem.device)
-    with tqdm(total=len(row_slices) * len(col_slices), desc="empirical NTK", unit="block",
-              disable=not progress) as bar:
+    with progress_bar(total=len(row_slices) * len(col_slices), desc="empirical NTK", unit="block",
+                      enabled=progress) as bar:
         for sc in col_slices:
             grads = _jacobian(problem, problem.diff, x2[sc])           # {name: (c, k, *shape)}
             tangents = {n: g.reshape(-1, *g.shape[2:]) for n, g in grads.items()}
@@ -734,8 +734,8 @@ def _apply_jjt(problem: _Problem, x, cotangents, budget: int, progress: bool) ->
     row_slices = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
     result = torch.empty(n_vec, n, k, dtype=problem.dtype, device=problem.device)
     starts = range(0, n_vec, chunk)
-    with tqdm(total=2 * len(starts) * len(row_slices), desc="NTK-vector product", unit="block",
-              disable=not progress) as bar:
+    with progress_bar(total=2 * len(starts) * len(row_slices), desc="NTK-vector product", unit="block",
+                      enabled=progress) as bar:
         for s in starts:
             cot = cotangents[s:s + chunk]
             u = None

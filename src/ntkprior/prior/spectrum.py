@@ -24,7 +24,7 @@ import torch
 
 from ntkprior.data import as_inputs, to_tensor
 from ntkprior.prior.linalg import (IllConditionedWarning, as_symmetric_psd, check_symmetric, finite_or_raise,
-                             fix_signs, is_stored_kernel, symmetry_rtol, top_eigenpairs, user_stacklevel)
+                             is_stored_kernel, symmetry_rtol, top_eigenpairs, user_stacklevel)
 from ntkprior.prior.sources import KernelSource, check_kernel_name, is_kernel_operator, resolve_kernels
 
 __all__ = ["Eigenmodes", "eigenmodes", "count_sign_changes", "DENSE_LIMIT"]

@@ -166,4 +166,3 @@ def _prediction_text(kind: str, architecture, on_train: bool, times, mean: np.nd
         if n > 12:
             lines.append(f"  ... {n - 12} more inputs (all of them with --format json or --out)")
     return "\n".join(lines)
-    emit(fmt, "\n".join(lines), payload)

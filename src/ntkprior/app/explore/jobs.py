@@ -40,6 +40,9 @@ class _ProgressSink(io.TextIOBase):
     def __init__(self, out):
         self.out = out
 
+    def isatty(self) -> bool:
+        return True         # it reads every redraw (ntkprior.progress writes a log only every 30 s)
+
     def write(self, text: str) -> int:
         counts = _TQDM_COUNT.findall(text)
         if counts:

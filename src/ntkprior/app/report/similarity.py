@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from ntkprior.app import plots
-from ntkprior.app.report.html import Plan, Report, fmt, paragraph, table
+from ntkprior.app.report.html import Plan, Report, paragraph, table
 from ntkprior.studies import similarity as study
 from ntkprior.studies.document.settings import QUICK as DOCUMENT_QUICK
 
