@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ntkprior._buffers import empty_output
 from ntkprior import kernels as km
 from ntkprior.kernels import spatial
 from ntkprior.data import DEFAULT_DTYPE, Summarized, as_inputs, check_allocation, check_same_features, parse_memory
@@ -521,8 +522,8 @@ class Serial:
         _check_output_fits(n1, n2, x1.element_size(), x1.device)
         rows = block_rows or _block_rows(n2 * plan.per_pair, parse_memory(max_memory),
                                          cpu=x1.device.type == "cpu")
-        nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
-        ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device)
+        nngp = empty_output(n1, n2, dtype=x1.dtype, device=x1.device)
+        ntk = empty_output(n1, n2, dtype=x1.dtype, device=x1.device)
         starts = range(0, n1, rows)
         if progress:
             from ntkprior.progress import progress_bar
