@@ -524,6 +524,7 @@ class Serial:
                                          cpu=x1.device.type == "cpu")
         nngp = empty_output(n1, n2, dtype=x1.dtype, device=x1.device)
         ntk = empty_output(n1, n2, dtype=x1.dtype, device=x1.device)
+        chain = self._fused_chain(plan, x1, None if symmetric else x2)
         starts = range(0, n1, rows)
         if progress:
             from ntkprior.progress import progress_bar
@@ -532,13 +533,51 @@ class Serial:
             r1 = min(r0 + rows, n1)
             c0 = r0 if symmetric else 0  # symmetric: the upper triangle only, mirrored below
             state = km.input_state(x1[r0:r1], x2[c0:], diag_offset=0 if symmetric else None, full=plan.full)
-            self._propagate(state, plan)
+            if chain is None or not chain.apply(state, r0, r1, c0):
+                self._propagate(state, plan)
             for out, block in ((nngp, state.cov), (ntk, state.ntk)):
                 out[r0:r1, c0:] = block
                 if symmetric:
                     out[r1:, r0:r1] = block[:, r1 - r0:].T
                     _mirror_upper(out[r0:r1, r0:r1])
         return Kernels(nngp, ntk)
+
+    def _fused_chain(self, plan: "_Plan", x1: torch.Tensor, x2: torch.Tensor | None) -> "_FusedChain | None":
+        """The compiled whole-network tile (``ntkprior.kernels.fused``) when fusion is on and this is
+        a plain MLP on vectors — Dense layers and closed-form activations — whose variances need
+        neither the zero-variance rule nor the power-of-two scaling; else None (eager layers)."""
+        if plan.full or x1.ndim != 2 or not km.fused_enabled():
+            return None
+        steps, width, previous = [], x1.shape[1], None
+        for layer in self.layers:
+            if _repeats(previous, layer):
+                continue
+            if isinstance(layer, Dense):
+                steps.append(km.fused.dense_step(layer.weight_std ** 2, 0.0 if layer.bias_std is None else
+                                                 layer.bias_std ** 2, layer.parameterization == "standard",
+                                                 layer.bias_std is not None, width))
+                width = layer.out_features
+            elif isinstance(layer, Activation) and layer.kernel_map().fused_step() is not None:
+                steps.append(layer.kernel_map().fused_step())
+            else:
+                return None
+            previous = layer
+        rows = self._activation_variances(x1)
+        cols = rows if x2 is None else self._activation_variances(x2)
+        steps = tuple(steps)
+        if not km.fused.chain_variances_are_safe(steps, [v for pair in zip(rows[0], cols[0]) for v in pair]):
+            return None
+        return _FusedChain(steps, rows, cols)
+
+    def _activation_variances(self, x: torch.Tensor) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """The pre-activation variances K(x, x) before each activation, and the final K(x, x) and
+        Θ(x, x), by the eager diagonal pass (the same arithmetic as the rows of a tile)."""
+        state, before, previous = km.input_state(x, x, diagonal=True), [], None
+        for layer in self.layers:
+            if layer.kind == "activation" and not _repeats(previous, layer):
+                before.append(state.var1.clone())
+            previous = apply_layer(layer, state, previous)
+        return before, state.cov, state.ntk
 
     def _plan(self, in_shape: tuple) -> "_Plan":
         """Check the shapes and the composition; decide where the full position covariance is needed."""
@@ -562,6 +601,29 @@ class Serial:
             if i == plan.last_full:
                 from ntkprior.kernels.spatial import to_diagonal
                 to_diagonal(state)
+
+
+@dataclass
+class _FusedChain:
+    """A plain MLP's tiles in one compiled loop: its steps, and each side's activation variances
+    and final diagonal (``Serial._activation_variances``) for the rows and the columns."""
+
+    steps: tuple
+    rows: tuple
+    cols: tuple
+
+    def apply(self, state: km.KernelState, r0: int, r1: int, c0: int) -> bool:
+        """Map the input ``state`` of rows r0:r1 against columns c0: to the network's output in
+        place; False (state untouched) when the fused code does not run (small tile, no compiler)."""
+        # copies, not views: a view's storage offset would become a guard and recompile per tile
+        variances = [v.clone() for a, b in zip(self.rows[0], self.cols[0]) for v in (a[r0:r1], b[c0:])]
+        out = km.fused.chain_tile(self.steps, state.cov, variances)
+        if out is None:
+            return False
+        state.cov, state.ntk = out
+        state.var1, state.ntk1 = self.rows[1][r0:r1], self.rows[2][r0:r1]
+        state.sync_diagonal()
+        return True
 
 
 @dataclass
@@ -671,9 +733,11 @@ def _non_gaussian(here: str, flow: Flow, what: str) -> str:
 
 def _mirror_upper(square: torch.Tensor) -> None:
     """Copy the upper triangle of a square block onto its lower one (exact symmetry: the
-    position sums of signals and images round differently for (i, j) and (j, i))."""
-    rows, cols = torch.tril_indices(square.shape[0], square.shape[0], -1, device=square.device)
-    square[rows, cols] = square[cols, rows]
+    position sums of signals and images round differently for (i, j) and (j, i)). Two dense
+    passes with a triangle mask: a gather/scatter of the triangle's indices cost 10 % of a kernel."""
+    n = square.shape[0]
+    lower = torch.ones(n, n, dtype=torch.bool, device=square.device).tril_(-1)
+    square.copy_(torch.where(lower, square.T, square))
 
 
 def _input_shape(in_features) -> tuple:

@@ -12,7 +12,6 @@ whitened frame, split at the kinks (``QuadratureMap``).
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import Callable
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from ntkprior._threads import op_threads
+from ntkprior.kernels import fused
 from ntkprior.kernels.state import KernelState
 
 Tensor = torch.Tensor
@@ -38,6 +38,10 @@ class ActivationMap:
 
     def diag(self, var: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def fused_step(self) -> tuple | None:
+        """This map as a step of a compiled MLP chain (:mod:`ntkprior.kernels.fused`), or None."""
+        return None
 
     def apply(self, state: KernelState) -> None:
         """Apply the activation to ``state`` in place: K ← T, Θ ← Θ·T', variances ← E[φ²]."""
@@ -73,6 +77,9 @@ class PiecewiseLinearMap(ActivationMap):
         self.mean_slope = (a + b) / 2.0                 # E[φ'(v)], v ~ N(0, σ² > 0)
         self.slope_at_zero = a if slope_at_zero is None else slope_at_zero   # φ'(0) as torch's autograd has it
 
+    def fused_step(self):
+        return ("arc_cosine", self.even, self.odd)
+
     def pair(self, cov, var1, var2):
         t, tdot = self._arc_cosine(cov, var1, var2)
         return t, self._at_zero_variance(tdot, var1, var2)
@@ -92,9 +99,9 @@ class PiecewiseLinearMap(ActivationMap):
         if self.odd == 0.0:  # linear: T = a²K, T' = a²
             return cov.mul_(self.even), torch.full_like(cov, self.even)
         scales = _power_of_two_scales(var1, var2)
-        fused = None if scales is not None else _ARC_COSINE(cov, var1, var2, self.even, self.odd)
-        if fused is not None:
-            return fused
+        compiled = None if scales is not None else fused.ARC_COSINE(cov, var1, var2, self.even, self.odd)
+        if compiled is not None:
+            return compiled
         if scales is None:
             s = _sqrt_det(var1, var2, cov)
             tdot = torch.atan2(s, cov)
@@ -127,13 +134,16 @@ class ErfMap(ActivationMap):
     def __init__(self, a: float, b: float, c: float):
         self.a2, self.b2, self.c2 = a * a, b * b, c * c
 
+    def fused_step(self):
+        return ("erf", self.a2, self.b2, self.c2)
+
     def pair(self, cov, var1, var2):
         a1, a2 = self.b2 * var1, self.b2 * var2
         scales = _power_of_two_scales(a1, a2)
-        fused = None if scales is not None else _ERF(cov, a1, a2, self.a2 * self.b2 * 4.0 / math.pi,
-                                                     self.a2 * 2.0 / math.pi, self.c2, self.b2)
-        if fused is not None:
-            return fused
+        compiled = None if scales is not None else fused.ERF(cov, a1, a2, self.a2 * self.b2 * 4.0 / math.pi,
+                                                        self.a2 * 2.0 / math.pi, self.c2, self.b2)
+        if compiled is not None:
+            return compiled
         k = cov.mul_(self.b2)
         if scales is None:
             r1 = r2 = 1.0
@@ -178,8 +188,6 @@ def _sqrt_det(var1: Tensor, var2: Tensor, cov: Tensor) -> Tensor:
     return _det(var1, var2, cov).sqrt_()
 
 
-#: products of two variances stay within [_SAFE_LOW, _SAFE_HIGH] without scaling
-_SAFE_HIGH, _SAFE_LOW = 1e150, 1e-150
 
 
 def _power_of_two_scales(var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -189,7 +197,7 @@ def _power_of_two_scales(var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor] | 
     Multiplying by powers of two is exact, so the scaled arithmetic rounds exactly as the
     unscaled one would in a wider exponent range: inputs up to ~1e300 keep every digit.
     """
-    if all(_SAFE_LOW <= float(v.abs().min()) and float(v.abs().max()) <= _SAFE_HIGH
+    if all(fused.SAFE_LOW <= float(v.abs().min()) and float(v.abs().max()) <= fused.SAFE_HIGH
            or not bool((v != 0).any()) for v in (var1, var2)):
         return None
     return _half_exponent_scale(var1), _half_exponent_scale(var2)
@@ -200,89 +208,6 @@ def _half_exponent_scale(var: Tensor) -> Tensor:
     _, e = torch.frexp(var)
     half = torch.div(e, 2, rounding_mode="floor")
     return torch.ldexp(torch.ones_like(var), -half)
-
-
-# ----------------------------------------------------------------- fused maps (torch.compile)
-def _arc_cosine_tile(cov, var1, var2, even, odd):
-    """PiecewiseLinearMap.pair as one expression (the same arithmetic), for torch.compile."""
-    s = (var1 * var2 - cov * cov).clamp(min=0.0).sqrt()
-    tdot = torch.atan2(s, cov) * (-odd) + even
-    return s * odd + tdot * cov, tdot
-
-
-def _erf_tile(cov, a1, a2, tdot_scale, t_scale, c2, b2):
-    """ErfMap.pair (unscaled branch) as one expression (the same arithmetic), for torch.compile."""
-    k = cov * b2
-    q = (a1 * a2 - k * k).clamp(min=0.0) * 4.0 + (2.0 * (a1 + a2) + 1.0)
-    tdot = q.clamp(min=torch.finfo(cov.dtype).tiny).rsqrt() * tdot_scale
-    t = torch.asin((k * 2.0 / ((1.0 + 2.0 * a1) * (1.0 + 2.0 * a2)).sqrt()).clamp(-1.0, 1.0))
-    return t * t_scale + c2, tdot
-
-
-#: tiles of at least this many entries use the fused map when fusion is on (smaller ones: eager)
-FUSED_MIN_ELEMENTS = 1 << 16
-_fused_setting: bool | None = None           # set_fused(); None: the NTKPRIOR_FUSED variable decides
-_fallback_warned = False
-
-
-def set_fused(enabled: bool | None) -> None:
-    """Turn the fused kernel maps on (True) or off (False) for this process; None: back to the
-    ``NTKPRIOR_FUSED`` environment variable ("1": on; default off).
-
-    Fused maps are the ReLU-family and erf maps compiled by ``torch.compile`` (inductor: one
-    C++/OpenMP loop per tile on a CPU, Triton on a GPU) with dynamic shapes: compiled once per
-    process and map (first call: ~10-60 s here, of which ~4 s imports inductor; inductor's
-    on-disk cache makes a second process faster), then 7-9x faster than the eager maps per
-    tile (measured, 256 x 2000 ReLU tile, one thread: 1.6 ms vs 13.7 ms). Off by default because
-    the compile costs more than most kernels take. Results equal the eager maps to round-off
-    (inductor does not contract to fused multiply-adds), and copies stay exact for ReLU.
-    Where compilation is unavailable or fails, the eager maps are used, with one warning.
-    """
-    global _fused_setting
-    _fused_setting = enabled
-
-
-def fused_enabled() -> bool:
-    if _fused_setting is not None:
-        return _fused_setting
-    return os.environ.get("NTKPRIOR_FUSED", "0").strip() == "1"
-
-
-class _FusedMap:
-    """A per-tile map compiled on first use (``dynamic=True``: one compilation serves every tile
-    shape), or None from ``__call__`` when fusion is off, the tile is small, or compiling failed."""
-
-    def __init__(self, fn):
-        self.fn, self.compiled, self.failed = fn, None, False
-
-    def __call__(self, cov: Tensor, *args):
-        if self.failed or not fused_enabled() or cov.numel() < FUSED_MIN_ELEMENTS:
-            return None
-        constants = [torch.tensor(a, dtype=cov.dtype, device=cov.device) if isinstance(a, float) else a
-                     for a in args]
-        try:
-            if self.compiled is None:
-                self.compiled = torch.compile(self.fn, dynamic=True)
-            return self.compiled(cov, *constants)
-        except Exception as exc:            # noqa: BLE001 - any compiler failure: fall back to eager
-            self.failed = True
-            _warn_fallback(exc)
-            return None
-
-
-def _warn_fallback(exc: Exception) -> None:
-    global _fallback_warned
-    if not _fallback_warned:
-        _fallback_warned = True
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"fused kernel maps: torch.compile failed ({type(exc).__name__}: {first[:200]}); "
-                      "using the eager maps (same results, slower). Call "
-                      "ntkprior.kernels.activations.set_fused(False) or unset NTKPRIOR_FUSED to silence "
-                      "this", RuntimeWarning, stacklevel=3)
-
-
-_ARC_COSINE = _FusedMap(_arc_cosine_tile)
-_ERF = _FusedMap(_erf_tile)
 
 
 def derivative(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:

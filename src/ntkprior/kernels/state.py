@@ -93,8 +93,9 @@ def _exact_on_copies(cov: Tensor, x1: Tensor, x2: Tensor, var1: Tensor, var2: Te
     rows, cols = torch.nonzero(var1[:, None] == var2[None, :], as_tuple=True)
     if rows.numel() == 0:
         return
-    same = (x1[rows] == x2[cols]).all(dim=1)
-    cov[rows[same], cols[same]] = var1[rows[same]]
+    same = (x1[rows] == x2[cols]).all(dim=1).nonzero()[:, 0]
+    rows, cols = rows[same], cols[same]
+    cov[rows, cols] = var1[rows]
 
 
 def dense_update(state: KernelState, weight_var: float, bias_var: float, *,
