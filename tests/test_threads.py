@@ -8,7 +8,13 @@ import sys
 import pytest
 import torch
 
-from ntkprior._threads import SMALL_OP, op_threads, threads_for
+import threading
+import time
+
+import numpy as np
+
+import ntkprior as ntp
+from ntkprior._threads import SMALL_OP, op_threads, threads_for, tile_map, tile_workers
 
 
 @pytest.fixture
@@ -46,6 +52,52 @@ def test_environment_override(two_threads, monkeypatch):
         monkeypatch.setenv("NTKPRIOR_THREADS", bad)
         with pytest.raises(ValueError, match="NTKPRIOR_THREADS"):
             threads_for(10)
+
+
+def test_tiles_run_side_by_side_one_torch_thread_each_in_order(two_threads, monkeypatch):
+    monkeypatch.delenv("NTKPRIOR_THREADS", raising=False)
+    assert tile_workers(8) == 2 and tile_workers(1) == 1
+    seen = []
+
+    def work(i):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return i * i
+
+    assert list(tile_map(work, range(6), 2)) == [i * i for i in range(6)]
+    assert seen[0] == (threading.main_thread().name, 2)           # the first alone, in the caller
+    assert all(name.startswith("ntkprior-tile") and threads == 1 for name, threads in seen[1:])
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("NTKPRIOR_THREADS", "0")
+    assert tile_workers(8) == 1                                    # 0: torch's threads inside each op
+    monkeypatch.setenv("NTKPRIOR_THREADS", "3")
+    assert tile_workers(8) == 3
+
+
+def test_an_error_in_a_tile_reaches_the_caller_and_cancels_the_rest(two_threads):
+    started = []
+
+    def work(i):
+        started.append(i)
+        if i == 1:
+            raise ValueError("tile 1 failed")
+        time.sleep(0.01)                   # 200 tiles take ~1 s: the error lands long before
+        return i
+
+    with pytest.raises(ValueError, match="tile 1 failed"):
+        list(tile_map(work, range(200), 2))
+    assert len(started) < 200 and torch.get_num_threads() == 2
+
+
+def test_kernels_computed_on_two_tile_threads_equal_one_thread_bit_for_bit(two_threads, monkeypatch):
+    monkeypatch.delenv("NTKPRIOR_THREADS", raising=False)
+    arch = ntp.serial(ntp.Dense(64, weight_std=1.5, bias_std=0.1), ntp.Erf(), ntp.Dense(1))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((700, 5)))
+    many = dict(block_rows=64)                                      # 11 tiles
+    parallel, cross = arch.kernel(x, **many), arch.kernel(x, x[:300], **many)
+    torch.set_num_threads(1)
+    serial, cross1 = arch.kernel(x, **many), arch.kernel(x, x[:300], **many)
+    assert torch.equal(parallel.nngp, serial.nngp) and torch.equal(parallel.ntk, serial.ntk)
+    assert torch.equal(cross.ntk, cross1.ntk) and torch.equal(parallel.nngp, parallel.nngp.T)
 
 
 def _wait_policy(argv0: str, env_value: str | None) -> str:

@@ -18,7 +18,9 @@ unless the user set it; see ``ntkprior/__init__.py``.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
@@ -26,19 +28,58 @@ import torch
 SMALL_OP = 1 << 18
 
 
+def _override() -> int | None:
+    """``NTKPRIOR_THREADS`` as an integer >= 0, or None when it is not set."""
+    override = os.environ.get("NTKPRIOR_THREADS", "").strip()
+    if not override:
+        return None
+    try:
+        n = int(override)
+    except ValueError:
+        raise ValueError(f"NTKPRIOR_THREADS: expected an integer >= 0, got {override!r}; unset it "
+                         "to let ntkprior choose per operation size") from None
+    if n < 0:
+        raise ValueError(f"NTKPRIOR_THREADS: expected an integer >= 0, got {n}")
+    return n
+
+
 def threads_for(elements: int) -> int | None:
     """The thread count for an operation on ``elements`` values (None: torch's own setting)."""
-    override = os.environ.get("NTKPRIOR_THREADS", "").strip()
-    if override:
-        try:
-            n = int(override)
-        except ValueError:
-            raise ValueError(f"NTKPRIOR_THREADS: expected an integer >= 0, got {override!r}; unset it "
-                             "to let ntkprior choose per operation size") from None
-        if n < 0:
-            raise ValueError(f"NTKPRIOR_THREADS: expected an integer >= 0, got {n}")
+    n = _override()
+    if n is not None:
         return None if n == 0 else n
     return 1 if elements < SMALL_OP else None
+
+
+def tile_workers(tiles: int) -> int:
+    """Threads that compute ``tiles`` independent kernel tiles side by side, each tile's operations
+    on one torch thread: torch's thread count (``NTKPRIOR_THREADS=n``: n; 0: one, leaving torch's
+    threads to each operation), at most one per tile. Tiles in parallel scale where one tile's
+    memory-bound passes over two threads did not (the analytic kernel at N = 4000: 1.09x faster
+    with two threads inside each operation, 1.6x with a tile per thread; benchmarks/bench_kernels.py)."""
+    n = _override()
+    wanted = torch.get_num_threads() if n is None else max(n, 1)
+    return max(1, min(wanted, tiles))
+
+
+def tile_map(fn: Callable, items, workers: int) -> Iterator:
+    """``map(fn, items)`` in order, on ``workers`` threads each running torch with one thread (the
+    caller's count is restored after). The first item runs alone first: it compiles what is
+    compiled, fills caches and raises an error in the caller's thread before any thread starts.
+    An error cancels the items not yet started."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    yield fn(items[0])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ntkprior-tile")
+    try:
+        yield from pool.map(fn, items[1:])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(before)
 
 
 @contextmanager

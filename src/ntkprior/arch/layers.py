@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ntkprior._buffers import empty_output
+from ntkprior._threads import tile_map, tile_workers
 from ntkprior import kernels as km
 from ntkprior.kernels import spatial
 from ntkprior.data import DEFAULT_DTYPE, Summarized, as_inputs, check_allocation, check_same_features, parse_memory
@@ -520,16 +521,13 @@ class Serial:
         check_same_features(x1, x2)
         n1, n2 = x1.shape[0], x2.shape[0]
         _check_output_fits(n1, n2, x1.element_size(), x1.device)
-        rows = block_rows or _block_rows(n2 * plan.per_pair, parse_memory(max_memory),
-                                         cpu=x1.device.type == "cpu")
+        rows, workers = _tiling(n1, n2 * plan.per_pair, parse_memory(max_memory), block_rows,
+                                cpu=x1.device.type == "cpu")
         nngp = empty_output(n1, n2, dtype=x1.dtype, device=x1.device)
         ntk = empty_output(n1, n2, dtype=x1.dtype, device=x1.device)
         chain = self._fused_chain(plan, x1, None if symmetric else x2)
-        starts = range(0, n1, rows)
-        if progress:
-            from ntkprior.progress import progress_bar
-            starts = progress_bar(starts, desc="kernel rows", unit="block")
-        for r0 in starts:
+
+        def tile(r0: int) -> None:   # tiles write disjoint parts of the outputs: safe in parallel
             r1 = min(r0 + rows, n1)
             c0 = r0 if symmetric else 0  # symmetric: the upper triangle only, mirrored below
             state = km.input_state(x1[r0:r1], x2[c0:], diag_offset=0 if symmetric else None, full=plan.full)
@@ -540,6 +538,13 @@ class Serial:
                 if symmetric:
                     out[r1:, r0:r1] = block[:, r1 - r0:].T
                     _mirror_upper(out[r0:r1, r0:r1])
+
+        done = tile_map(tile, range(0, n1, rows), workers)
+        if progress:
+            from ntkprior.progress import progress_bar
+            done = progress_bar(done, desc="kernel rows", unit="block", total=-(-n1 // rows))
+        for _ in done:
+            pass
         return Kernels(nngp, ntk)
 
     def _fused_chain(self, plan: "_Plan", x1: torch.Tensor, x2: torch.Tensor | None) -> "_FusedChain | None":
@@ -786,6 +791,18 @@ def _check_output_fits(n1: int, n2: int, itemsize: int, device: torch.device) ->
 _TILE_BYTES = 4 << 20
 #: live (rows, n2) temporaries during a layer map: cov, ntk, s, θ/T', T and the input Gram
 _TEMPORARIES = 6
+
+
+def _tiling(n1: int, n2: int, max_memory: int, block_rows: int | None, cpu: bool) -> tuple[int, int]:
+    """Rows per block and the threads that compute blocks side by side (``_threads.tile_workers``:
+    on the CPU, torch's thread count, each block's operations on one thread); ``n2``: the numbers
+    a row carries. The blocks in flight together keep their temporaries within ``max_memory``."""
+    rows = block_rows or _block_rows(n2, max_memory, cpu=cpu)
+    workers = tile_workers(-(-n1 // rows)) if cpu else 1
+    workers = max(1, min(workers, max_memory // (_TEMPORARIES * 8 * n2 * rows)))
+    if workers > 1 and block_rows is None:
+        rows = _block_rows(n2, max_memory // workers, cpu=cpu)
+    return rows, workers
 
 
 def _block_rows(n2: int, max_memory: int, itemsize: int = 8, cpu: bool = True) -> int:
