@@ -67,6 +67,12 @@ def test_tiles_run_side_by_side_one_torch_thread_each_in_order(two_threads, monk
     assert seen[0] == (threading.main_thread().name, 2)           # the first alone, in the caller
     assert all(name.startswith("ntkprior-tile") and threads == 1 for name, threads in seen[1:])
     assert torch.get_num_threads() == 2
+    # from a thread of the caller's own (torch's count is per OS thread): the workers still use one
+    seen.clear()
+    caller = threading.Thread(target=lambda: (torch.set_num_threads(2), list(tile_map(work, range(6), 2))))
+    caller.start()
+    caller.join(30)
+    assert len(seen) == 6 and all(threads == 1 for _, threads in seen[1:])
     monkeypatch.setenv("NTKPRIOR_THREADS", "0")
     assert tile_workers(8) == 1                                    # 0: torch's threads inside each op
     monkeypatch.setenv("NTKPRIOR_THREADS", "3")

@@ -63,8 +63,7 @@ def tile_workers(tiles: int) -> int:
 
 
 def tile_map(fn: Callable, items, workers: int) -> Iterator:
-    """``map(fn, items)`` in order, on ``workers`` threads each running torch with one thread (the
-    caller's count is restored after). The first item runs alone first: it compiles what is
+    """``map(fn, items)`` in order, on ``workers`` threads each running torch with one thread. The first item runs alone first: it compiles what is
     compiled, fills caches and raises an error in the caller's thread before any thread starts.
     An error cancels the items not yet started."""
     items = list(items)
@@ -72,14 +71,14 @@ def tile_map(fn: Callable, items, workers: int) -> Iterator:
         yield from map(fn, items)
         return
     yield fn(items[0])
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="ntkprior-tile")
+    # torch's thread count is per OS thread (OpenMP's nthreads ICV): each worker sets its own, and
+    # the caller's thread and the rest of the process keep theirs
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ntkprior-tile", initializer=torch.set_num_threads,
+                              initargs=(1,))
     try:
         yield from pool.map(fn, items[1:])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(before)
 
 
 @contextmanager
