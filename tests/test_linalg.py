@@ -192,6 +192,34 @@ def test_jitter_auto_adds_smallest_grid_value_that_works_and_warns(rng):
     np.testing.assert_allclose(s.eigh()[0].numpy(), (w_before + s.jitter).numpy())
 
 
+
+def test_eigenvalues_alone_match_scipy_are_checked_and_come_from_a_cached_decomposition(rng, monkeypatch):
+    h = random_spd(rng, n=50)
+    s = SymmetricPSD(h)
+    np.testing.assert_allclose(s.eigvalsh().numpy(), scipy.linalg.eigvalsh(h), rtol=1e-12)
+    assert s.eigvalsh() is s.eigvalsh()
+    full = SymmetricPSD(h)
+    full.eigh()
+    monkeypatch.setattr(ntkprior.prior.linalg, "_eigvalsh", lambda m: pytest.fail("recomputed"))
+    assert full.eigvalsh() is full.eigh()[0]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        SymmetricPSD(matrix_with_spectrum(rng, [-1e-3, 1.0, 2.0])).eigvalsh()
+
+
+def test_eigenvalues_cached_before_a_jitter_follow_it(rng):
+    h = matrix_with_spectrum(rng, np.r_[-3e-10, np.linspace(1.0, 3.0, 39)])
+    s = SymmetricPSD(h, jitter="auto")
+    s.eigvalsh()
+    s.top_eigh(2)                            # both cached before the factorisation adds the jitter
+    with pytest.warns(JitterWarning):
+        s.cholesky()
+    exact = scipy.linalg.eigvalsh(s.matrix.numpy())
+    # the smallest was clipped from -3e-10 to 0 before the shift
+    np.testing.assert_allclose(s.eigvalsh().numpy(), exact, rtol=0, atol=4e-10)
+    np.testing.assert_allclose(s.top_eigh(2)[0].numpy(), exact[::-1][:2], rtol=1e-13)
+
+
 def test_ill_conditioned_matrix_warns_with_condition_number(rng):
     h = matrix_with_spectrum(rng, np.logspace(-12, 0, 10))
     s = SymmetricPSD(h)

@@ -376,6 +376,7 @@ class SymmetricPSD:
         self._warned_duplicates = False
         self._duplicates: tuple[torch.Tensor, torch.Tensor] | None = None
         self._top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._values: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- validation
     def _check_diagonal(self, m: torch.Tensor) -> None:
@@ -467,8 +468,7 @@ class SymmetricPSD:
         if JITTER_GRID[index] > PSD_RTOL:
             # The jitter is too large to certify that the matrix was PSD within tolerance.
             self._check_psd(_eigvalsh(self.matrix))
-        if self._eig is not None:
-            self._eig = (self._eig[0] + self.jitter, self._eig[1])
+        self._shift_cached_eigenvalues(self.jitter)
         warnings.warn(
             f"{self.name}: is numerically singular (Cholesky failed); jitter='auto' added "
             f"{self.jitter:.3g} (= {JITTER_GRID[index]:g} x mean diagonal {scale:.3g}) to the "
@@ -476,6 +476,14 @@ class SymmetricPSD:
             f"of {self.name} + {self.jitter:.3g} I; pass diag_reg={JITTER_GRID[index]:g} to make "
             "this ridge explicit", JitterWarning, stacklevel=user_stacklevel())
         return L
+
+    def _shift_cached_eigenvalues(self, shift: float) -> None:
+        """The matrix gained ``shift * I``: so did every eigenvalue cached before (vectors unchanged)."""
+        if self._eig is not None:
+            self._eig = (self._eig[0] + shift, self._eig[1])
+        if self._values is not None:
+            self._values = self._values + shift
+        self._top = {k: (w + shift, v) for k, (w, v) in self._top.items()}
 
     def _condition_estimate(self) -> float:
         """1-norm condition number ``||M||_1 ||M^-1||_1``, estimated from the Cholesky factor in O(n^2)
@@ -508,6 +516,18 @@ class SymmetricPSD:
             self._check_psd(w)
             self._eig = (w.clamp(min=0.0), fix_signs(v))
         return self._eig
+
+    def eigvalsh(self) -> torch.Tensor:
+        """All eigenvalues (ascending, clipped at 0), checked as in :meth:`eigh`, without eigenvectors:
+        from the cached decomposition when there is one, otherwise by LAPACK ``syevr`` without vectors
+        (cached; the same eigenvalues as :meth:`eigh` to round-off, ~n·eps·lambda_max)."""
+        if self._eig is not None:
+            return self._eig[0]
+        if self._values is None:
+            w = _eigvalsh(self.matrix)
+            self._check_psd(w)
+            self._values = w.clamp(min=0.0)
+        return self._values
 
     def top_eigh(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k largest eigenvalues (descending, clipped at 0) and their eigenvectors (n, k).
