@@ -248,11 +248,11 @@ def _inverse_one_norm(u: np.ndarray) -> float:
     ``M^-1`` is symmetric, so ``||M^-1||_1 = max_j ||M^-1 e_j||_1``, and the maximum of the convex
     function ``||M^-1 x||_1`` over ``||x||_1 <= 1`` is climbed by a subgradient: from
     ``x = 1/n``, ``z = M^-1 sign(M^-1 x)`` points at the column ``e_j``, ``j = argmax |z_j|``, to try
-    next; at most 4 columns (LAPACK's 5 iterations), then the alternating vector ``x_i = (-1)^i (1 + i/(n-1))`` as a last
-    guess (``2 ||M^-1 x||_1 / 3n``). This is the estimate LAPACK ``pocon`` returns (its inverse), with
-    each ``M^-1 x`` by two BLAS triangular solves (``trsv``) instead of ``pocon``'s overflow-guarded
-    ``latrs``: measured 2.5-3x faster at n = 2000 (4.3 ms vs 10.8 ms), the same estimate to the digits
-    printed, one thread. Infinite (overflow) or NaN: ``inf``.
+    next; at most 4 columns (LAPACK's 5 iterations), then the alternating vector
+    ``x_i = (-1)^i (1 + i/(n-1))`` as a last guess (``2 ||M^-1 x||_1 / 3n``). This is the estimate
+    LAPACK ``pocon`` returns (its inverse), with each ``M^-1 x`` by two BLAS triangular solves
+    (``trsv``) instead of ``pocon``'s overflow-guarded ``latrs``: measured 2.5-3x faster at n = 2000
+    (4.3 ms vs 10.8 ms), the same estimate to the digits printed, one thread. Infinite (overflow) or NaN: ``inf``.
     """
     n = u.shape[0]
 
