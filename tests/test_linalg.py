@@ -1,5 +1,6 @@
 """SymmetricPSD: validation, explicit ridge, cached factorisations, against numpy / scipy."""
 
+import math
 import warnings
 
 import numpy as np
@@ -95,6 +96,24 @@ def test_accepts_round_off_asymmetry_of_float32_input(rng):
     assert torch.equal(s.matrix, s.matrix.T) and s.matrix.dtype == torch.float64
 
 
+
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_the_validation_pass_against_numpy_on_tiles_symmetric_or_not(rng, perturbed):
+    """The one tiled pass (symmetrised copy, max |M - M^T|, max |S|, row sums of |S|) on 600 x 600
+    (tiles of 256: full, partial, on and off the diagonal), exactly symmetric or with some tiles not."""
+    h = random_spd(rng, n=600)
+    if perturbed:                                    # one off-diagonal tile pair and one diagonal tile
+        h[10, 300] += 1e-3
+        h[520, 590] -= 2e-3
+    sym, asym, scale, rows = ntkprior.prior.linalg._symmetrised(torch.from_numpy(h))
+    expected = (h + h.T) / 2
+    assert np.array_equal(sym.numpy(), expected)
+    assert asym == np.abs(h - h.T).max() and scale == np.abs(expected).max()
+    np.testing.assert_allclose(rows.numpy(), np.abs(expected).sum(1), rtol=1e-13)
+    h[5, 400] = h[400, 5] = np.nan                   # symmetric NaN: no tile compares equal with it
+    assert math.isnan(ntkprior.prior.linalg._symmetrised(torch.from_numpy(h))[1])
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad, match", [
     (np.ones((3, 4)), "square"),
@@ -173,6 +192,34 @@ def test_jitter_auto_adds_smallest_grid_value_that_works_and_warns(rng):
     np.testing.assert_allclose(s.eigh()[0].numpy(), (w_before + s.jitter).numpy())
 
 
+
+def test_eigenvalues_alone_match_scipy_are_checked_and_come_from_a_cached_decomposition(rng, monkeypatch):
+    h = random_spd(rng, n=50)
+    s = SymmetricPSD(h)
+    np.testing.assert_allclose(s.eigvalsh().numpy(), scipy.linalg.eigvalsh(h), rtol=1e-12)
+    assert s.eigvalsh() is s.eigvalsh()
+    full = SymmetricPSD(h)
+    full.eigh()
+    monkeypatch.setattr(ntkprior.prior.linalg, "_eigvalsh", lambda m: pytest.fail("recomputed"))
+    assert full.eigvalsh() is full.eigh()[0]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        SymmetricPSD(matrix_with_spectrum(rng, [-1e-3, 1.0, 2.0])).eigvalsh()
+
+
+def test_eigenvalues_cached_before_a_jitter_follow_it(rng):
+    h = matrix_with_spectrum(rng, np.r_[-3e-10, np.linspace(1.0, 3.0, 39)])
+    s = SymmetricPSD(h, jitter="auto")
+    s.eigvalsh()
+    s.top_eigh(2)                            # both cached before the factorisation adds the jitter
+    with pytest.warns(JitterWarning):
+        s.cholesky()
+    exact = scipy.linalg.eigvalsh(s.matrix.numpy())
+    # the smallest was clipped from -3e-10 to 0 before the shift
+    np.testing.assert_allclose(s.eigvalsh().numpy(), exact, rtol=0, atol=4e-10)
+    np.testing.assert_allclose(s.top_eigh(2)[0].numpy(), exact[::-1][:2], rtol=1e-13)
+
+
 def test_ill_conditioned_matrix_warns_with_condition_number(rng):
     h = matrix_with_spectrum(rng, np.logspace(-12, 0, 10))
     s = SymmetricPSD(h)
@@ -180,6 +227,33 @@ def test_ill_conditioned_matrix_warns_with_condition_number(rng):
         s.cholesky()
     # LAPACK's 1-norm estimate is within a factor n of the 2-norm condition number 1e12
     assert 1e11 < s.condition_number() < 1e13
+
+
+
+@pytest.mark.parametrize("kind", ["random", "graded", "smooth kernel", "one"])
+def test_condition_estimate_is_lapacks_and_a_lower_bound_of_the_exact_one(rng, kind):
+    """The 1-norm condition estimate against LAPACK pocon on the same factor and the exact
+    ||M||_1 ||M^-1||_1 from numpy's inverse."""
+    if kind == "random":
+        h = random_spd(rng, n=80)
+    elif kind == "graded":
+        h = matrix_with_spectrum(rng, np.logspace(-9, 0, 60))
+    elif kind == "smooth kernel":
+        x = np.sort(rng.uniform(-1, 1, 120))
+        h = np.exp(-2.0 * (x[:, None] - x[None]) ** 2) + 1e-7 * np.eye(120)
+    else:
+        h = np.array([[2.5]])
+    h = (h + h.T) / 2
+    s = SymmetricPSD(h)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IllConditionedWarning)
+        cond = s.condition_number()
+    anorm = np.abs(h).sum(0).max()
+    rcond, info = scipy.linalg.lapack.dpocon(s.cholesky().numpy().T, anorm, uplo="U")
+    exact = anorm * np.abs(np.linalg.inv(h)).sum(0).max()
+    assert info == 0 and cond >= (1 - 1e-9) / rcond       # at least LAPACK's estimate (equal here)
+    assert cond == pytest.approx(1 / rcond, rel=1e-6)
+    assert exact / 3 <= cond <= exact * (1 + 1e-8)         # a lower bound, within Hager's factor 3
 
 
 # --------------------------------------------------------------------------- helpers

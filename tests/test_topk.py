@@ -69,3 +69,76 @@ def test_eigenmodes_top_k_matches_full(monkeypatch):
     np.testing.assert_allclose(top.values.numpy(), full.values[:5].numpy(), rtol=1e-11)
     # both sign conventions are fix_signs': the vectors agree, not only up to sign
     np.testing.assert_allclose(top.vectors.numpy(), full.vectors[:, :5].numpy(), atol=1e-8)
+
+
+# ---------------------------------------------------------------- every eigenvalue, a few vectors
+def test_all_values_with_top_vectors_match_the_full_decomposition(monkeypatch):
+    h, _ = _kernel()
+    calls = []
+    monkeypatch.setattr(linalg, "_eigh", lambda m: calls.append(m) or (_ for _ in ()).throw(
+        AssertionError("the full eigendecomposition ran for k << n")))
+    modes = eigenmodes(h, k=8, all_values=True)
+    assert not calls and modes.vectors.shape == (300, 8) and modes.all_values.shape == (300,)
+    w_ref, v_ref = scipy.linalg.eigh(h)
+    w_ref, v_ref = w_ref[::-1], v_ref[:, ::-1]
+    # syevr without vectors against with: round-off, n * eps * lambda_1
+    np.testing.assert_allclose(modes.all_values.numpy(), w_ref, rtol=0, atol=300 * 2.3e-16 * w_ref[0])
+    np.testing.assert_allclose(modes.values.numpy(), modes.all_values[:8].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(np.abs(modes.vectors.numpy().T @ v_ref[:, :8]), np.eye(8), atol=1e-8)
+
+
+def test_all_values_reuse_one_full_decomposition_when_k_is_a_large_share(monkeypatch):
+    h, _ = _kernel(60)
+    monkeypatch.setattr(linalg, "_eigvalsh", lambda m: pytest.fail("eigenvalues computed twice"))
+    modes = eigenmodes(h, k=8, all_values=True)        # 8 > 60 / 10: the full decomposition
+    full = eigenmodes(h)
+    assert torch.equal(modes.all_values, full.values) and torch.equal(modes.vectors, full.vectors[:, :8])
+    assert eigenmodes(h, k=3).all_values is None
+
+
+def test_all_values_need_a_dense_decomposition():
+    h, _ = _kernel(60)
+
+    class Operator:
+        shape = (60, 60)
+
+        def matvec(self, v):
+            return torch.from_numpy(h) @ v
+
+    with pytest.raises(ValueError, match="all_values: every eigenvalue needs a dense decomposition"):
+        eigenmodes(Operator(), k=3, all_values=True)
+    with pytest.raises(ValueError, match="method='dense'"):
+        eigenmodes(h, k=3, method="lanczos", all_values=True)
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_the_report_eigen_study_against_scipy_eigh(d, monkeypatch):
+    """The report's spectra and first eigenvectors (every eigenvalue, 8 vectors by Lanczos at n = 100)
+    against scipy.linalg.eigh of the same kernel matrices, vectors up to sign."""
+    from ntkprior.arch.spec import parse_spec
+    from ntkprior.studies.document.eigen import eigen_study
+    from ntkprior.studies.document.settings import DEFAULT_ARCHS
+    from ntkprior.prior.spectrum import count_sign_changes
+
+    n = 100
+    if d == 1:
+        x = torch.linspace(-3.0, 3.0, n, dtype=torch.float64)[:, None]
+        coordinate = x[:, 0].numpy()
+    else:
+        x = torch.from_numpy(np.random.default_rng(1).normal(size=(n, 2)))
+        coordinate = x[:, 0].numpy()
+    arch = parse_spec(DEFAULT_ARCHS["two_layer"])
+    monkeypatch.setattr(linalg, "_eigh", lambda m: pytest.fail("the study ran a full eigendecomposition"))
+    study = eigen_study({"NTK": (arch, "ntk"), "NNGP": (arch, "nngp")}, x, coordinate, "x")
+    order = np.argsort(coordinate, kind="stable")
+    kernels = arch.kernel(x)
+    monkeypatch.undo()
+    for title, matrix in {"NTK": kernels.ntk, "NNGP": kernels.nngp}.items():
+        w_ref, v_ref = scipy.linalg.eigh(matrix.numpy())
+        w_ref, v_ref = np.clip(w_ref[::-1], 0, None), v_ref[:, ::-1][:, :8]
+        res, drawn = study.numbers["kernels"][title], study.arrays["kernels"][title]
+        np.testing.assert_allclose(res["eigenvalues"], w_ref, rtol=0, atol=n * 2.3e-16 * w_ref[0])
+        assert drawn["vectors"].shape == (n, 8)
+        np.testing.assert_allclose(np.abs(drawn["vectors"].numpy().T @ v_ref[order]), np.eye(8), atol=1e-8)
+        if d == 1:
+            assert res["sign_changes"] == count_sign_changes(v_ref[order]).tolist()

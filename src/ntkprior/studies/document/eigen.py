@@ -14,25 +14,28 @@ def eigen_study(panels: dict, x: torch.Tensor, coordinate: np.ndarray, coordinat
                 progress: Progress | None = None, max_modes: int = 8) -> StudyResult:
     """Eigenvalues and the first ``max_modes`` eigenvectors of each ``panels[title] = (arch, kernel)`` on x.
 
-    Sign changes are counted along the input for 1-D inputs only; along a principal coordinate of
-    higher-dimensional inputs neighbours need not be close, and the count would mean nothing. The
-    round-off level n·ε·λ₁ marks the eigenvalues that are noise.
+    Every eigenvalue, but only the first ``max_modes`` eigenvectors: ``eigenmodes(..., k=max_modes,
+    all_values=True)``, the eigenvalues without vectors and the top vectors by Lanczos (the full
+    decomposition only when ``max_modes`` is a large share of n). Sign changes are counted along the
+    input for 1-D inputs only; along a principal coordinate of higher-dimensional inputs neighbours
+    need not be close, and the count would mean nothing. The round-off level n·ε·λ₁ marks the
+    eigenvalues that are noise.
     """
     progress = progress or silent()
     one_d = x.ndim == 2 and x.shape[1] == 1
     order = np.argsort(coordinate, kind="stable")
     res, drawn = {"n": int(x.shape[0]), "coordinate": coordinate_label, "one_d": one_d, "kernels": {}}, {}
+    k = min(max_modes, int(x.shape[0]))
     for title, (arch, kernel) in panels.items():
         with progress.task(f"eigenmodes of the {title}"):
-            modes = eigenmodes(arch, x, kernel=kernel)
-        vectors = modes.vectors[order]          # along the coordinate; "vectors" below: input order
-        k = min(max_modes, len(modes))
-        changes = count_sign_changes(vectors[:, :k]) if one_d else None
-        floor = float(x.shape[0] * np.finfo(np.float64).eps * float(modes.values[0]))
-        res["kernels"][title] = {"arch": str(arch), "kernel": kernel, "eigenvalues": numbers(modes.values),
+            modes = eigenmodes(arch, x, k=k, kernel=kernel, all_values=True)
+        values, vectors = modes.all_values, modes.vectors[order]   # along the coordinate
+        changes = count_sign_changes(vectors) if one_d else None
+        floor = float(x.shape[0] * np.finfo(np.float64).eps * float(values[0]))
+        res["kernels"][title] = {"arch": str(arch), "kernel": kernel, "eigenvalues": numbers(values),
                                  "sign_changes": None if changes is None else numbers(changes),
-                                 "roundoff_level": floor, "above_roundoff": int((modes.values > floor).sum())}
-        drawn[title] = {"x": coordinate[order], "values": modes.values, "vectors": vectors,
+                                 "roundoff_level": floor, "above_roundoff": int((values > floor).sum())}
+        drawn[title] = {"x": coordinate[order], "values": values, "vectors": vectors,
                         "sign_changes": changes, "floor": floor}
     plane = None if one_d else input_plane(x)
     return StudyResult("eigenmodes", res, {"kernels": drawn, "plane": plane,
