@@ -163,6 +163,21 @@ def test_gram_and_explicit_contractions_agree(monkeypatch, explicit):
         assert_close(empirical_ntk(model, x, method="structured", output="diagonal"), traced(ref).diagonal())
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn", "multi-output", "batchnorm-eval"])
+def test_symmetric_blocks_from_upper_tiles(monkeypatch, name):
+    """Θ(x, x) assembled from upper tiles of 1-2 rows (uneven, mirrored; outputs swapped for "full"),
+    also inside a grid of memory blocks, equals the reference."""
+    monkeypatch.setattr(st, "SYMMETRIC_TILE", 2)
+    model, x = make(name, n=7)
+    ref = reference_ntk(model, x)
+    assert [(s.start, s.stop) for s in st.tiles(7, 2)] == [(0, 1), (1, 3), (3, 5), (5, 7)]
+    assert_close(empirical_ntk(model, x, method="structured", output="full"), ref)
+    assert_close(empirical_ntk(model, x, method="structured"), traced(ref))
+    plan = structured_plan(model, x)
+    tight = plan.cost("trace").minimum + 5 * (plan.cost("trace").feature + plan.cost("trace").transient)
+    assert_close(empirical_ntk(model, x, method="structured", max_memory=tight), traced(ref))
+
+
 def structured_plan(model, x):
     problem = em._Problem(model, None, None)
     problem.probe(x[:em._PROBE])

@@ -204,6 +204,11 @@ class Features:
     grams: list[GramFactors] = field(default_factory=list)
     flats: list[torch.Tensor] = field(default_factory=list)
 
+    def rows(self, s: slice) -> Features:
+        """The features of examples ``s`` (views, no copy)."""
+        return Features([GramFactors(None if f.a is None else f.a[s], f.g[s], f.weight_sq, f.bias_sq)
+                         for f in self.grams], [j[s] for j in self.flats])
+
 
 def layer_features(layers: list[Layer], inputs: dict, grads_per_output: list[dict]) -> Features:
     """Features of the structured layers from their inputs per call and the k backward passes.
@@ -245,6 +250,49 @@ def kernel_block(f1: Features, f2: Features, output: str) -> torch.Tensor:
     for j1, j2 in zip(f1.flats, f2.flats):
         total = _accumulate(total, _flat_term(j1, j2, output))
     return total
+
+
+#: rows per tile of a symmetric block Θ(x, x): only the upper tiles are contracted and each lower tile
+#: is the transpose of its mirror, which saves up to half of the Gram products' arithmetic (measured
+#: on 2 cores, the 512-wide Gram at N = 1024: 7.1 ms in tiles of 256 against 12.1 ms whole); tiles
+#: much smaller than this make the GEMMs less efficient than the saving
+SYMMETRIC_TILE = 256
+
+
+def tiles(n: int, tile: int) -> list[slice]:
+    """n rows in round(n / tile) (at least one) nearly equal consecutive slices."""
+    count = max(1, round(n / tile))
+    bounds = [n * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def symmetric_block(f: Features, output: str) -> torch.Tensor:
+    """Θ(x, x) for one block, ``kernel_block(f, f, output)``, from its upper tiles (see ``SYMMETRIC_TILE``)."""
+    n = feature_rows(f)
+    parts = tiles(n, SYMMETRIC_TILE)
+    if len(parts) == 1:
+        return kernel_block(f, f, output)
+    result = None
+    for i, si in enumerate(parts):
+        for sj in parts[i:]:
+            part = kernel_block(f.rows(si), f.rows(sj), output)
+            if result is None:
+                result = part.new_empty(n, n, *part.shape[2:])
+            place(result, si, sj, part, mirror=sj != si)
+    return result
+
+
+def place(result: torch.Tensor, si: slice, sj: slice, part: torch.Tensor, mirror: bool) -> None:
+    """Write the block ``part`` = Θ(x_si, x_sj) into ``result``, and with ``mirror`` its transpose
+    Θ(x_sj, x_si) (outputs swapped too for (b1, b2, k, k) blocks)."""
+    result[si, sj] = part
+    if mirror:
+        result[sj, si] = part.transpose(0, 1) if part.ndim == 2 else part.permute(1, 0, 3, 2)
+
+
+def feature_rows(f: Features) -> int:
+    """The number of examples the features describe."""
+    return f.grams[0].g.shape[0] if f.grams else f.flats[0].shape[0]
 
 
 def kernel_diagonal(f: Features) -> torch.Tensor:

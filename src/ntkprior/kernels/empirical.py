@@ -606,8 +606,8 @@ def _blockwise_kernel(featurize, x1, x2, output: str, block: int, keep: bool, pr
         return result
     cols = rows if symmetric else _Blocks(featurize, x2, block, keep)
     if len(rows.slices) == len(cols.slices) == 1:
-        f1 = rows[0]
-        return st.kernel_block(f1, f1 if symmetric else cols[0], output).contiguous()
+        return (st.symmetric_block(rows[0], output) if symmetric
+                else st.kernel_block(rows[0], cols[0], output)).contiguous()
     k = problem.k
     result = torch.empty(len(x1), len(cols.x), *((k, k) if output == "full" else ()), **like)
     n_pairs = sum(len(cols.slices) - (i if symmetric else 0) for i in range(len(rows.slices)))
@@ -615,11 +615,8 @@ def _blockwise_kernel(featurize, x1, x2, output: str, block: int, keep: bool, pr
         for i, si in enumerate(rows.slices):
             f1 = rows[i]
             for j in range(i if symmetric else 0, len(cols.slices)):
-                sj = cols.slices[j]
-                part = st.kernel_block(f1, f1 if symmetric and i == j else cols[j], output)
-                result[si, sj] = part
-                if symmetric and j != i:
-                    result[sj, si] = part.transpose(0, 1) if output != "full" else part.permute(1, 0, 3, 2)
+                part = st.symmetric_block(f1, output) if symmetric and i == j else st.kernel_block(f1, cols[j], output)
+                st.place(result, si, cols.slices[j], part, mirror=symmetric and j != i)
                 bar.update()
     return result
 
