@@ -28,8 +28,9 @@ Roofline (MLP, structured path): the GEMMs the structured path performs for Θ(x
 layer widths d_0 .. d_L (10, 512, 512, 1) and k = 1 output, in multiply-adds:
   forward              N·d_{l-1}·d_l                for every layer l
   backward (k times)   N·d_l·d_{l-1}                for l = L .. 2 (the signal into each hidden layer's output)
-  Gram products        b_i·b_j·(d_{l-1} + k·d_l)    for every upper tile pair i <= j of the SYMMETRIC_TILE
-                                                    tiles (b_i rows each), on every Gram-path layer
+  Gram products        b_i·b_j·(d_{l-1} + 1 + k·d_l) for every upper tile pair i <= j of the SYMMETRIC_TILE
+                                                    tiles (b_i rows each), on every Gram-path layer (its
+                                                    inputs augmented with the bias column)
   explicit layers      b_i·b_j·k·d_l·d_{l-1} and b_i·b_j·k·d_l  (weight and bias gradients), the same tile
                                                     pairs, for a layer on the explicit path
 FLOPs = 2 × multiply-adds. The roofline is the time plain torch.mm takes for the same (rows, inner,
@@ -122,7 +123,7 @@ def structured_gemms(model: nn.Module, n: int, k: int = 1) -> list[tuple[int, in
         for bj in parts[i:]:
             for l, layer in enumerate(layers):
                 d_in, d_out = widths[l], widths[l + 1]
-                gemms += [(bi, k * d_out * d_in if layer.explicit else d_in, bj), (bi, k * d_out, bj)]
+                gemms += [(bi, k * d_out * d_in if layer.explicit else d_in + 1, bj), (bi, k * d_out, bj)]
     return gemms
 
 

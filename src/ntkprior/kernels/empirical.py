@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from ntkprior._buffers import empty_output
 from ntkprior.kernels import _structured as st
 from ntkprior.data import check_finite, parse_memory, to_tensor
 from ntkprior.progress import progress_bar
@@ -437,7 +438,7 @@ class _StructuredPlan:
         for i in kept:
             factors, layer = feats.grams[i], layers[i]
             _, _, groups, t, o = factors.g.shape
-            width = (0 if factors.a is None else factors.a.shape[3]) + (layer.bias is not None)
+            width = factors.a.shape[3]
             shapes[layer.name] = (groups, t, width, o)
         return [layers[i].name for i in kept], shapes
 
@@ -616,18 +617,20 @@ def _blockwise_kernel(featurize, x1, x2, output: str, block: int, keep: bool, pr
             result[s] = st.kernel_diagonal(rows[i])
         return result
     cols = rows if symmetric else _Blocks(featurize, x2, block, keep)
-    if len(rows.slices) == len(cols.slices) == 1:
-        return (st.symmetric_block(rows[0], output) if symmetric
-                else st.kernel_block(rows[0], cols[0], output)).contiguous()
     k = problem.k
-    result = torch.empty(len(x1), len(cols.x), *((k, k) if output == "full" else ()), **like)
+    result = empty_output(len(x1), len(cols.x), *((k, k) if output == "full" else ()), **like)
     n_pairs = sum(len(cols.slices) - (i if symmetric else 0) for i in range(len(rows.slices)))
     with progress_bar(total=n_pairs, desc="empirical NTK", unit="block", enabled=progress) as bar:
         for i, si in enumerate(rows.slices):
             f1 = rows[i]
             for j in range(i if symmetric else 0, len(cols.slices)):
-                part = st.symmetric_block(f1, output) if symmetric and i == j else st.kernel_block(f1, cols[j], output)
-                st.place(result, si, cols.slices[j], part, mirror=symmetric and j != i)
+                sj = cols.slices[j]
+                if symmetric and i == j:
+                    st.symmetric_block(f1, output, out=result[si, si])
+                else:
+                    st.kernel_block(f1, cols[j], output, out=result[si, sj])
+                if symmetric and j != i:
+                    st.mirror(result, si, sj)
                 bar.update()
     return result
 
