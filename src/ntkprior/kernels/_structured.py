@@ -80,12 +80,14 @@ class Layer:
 
     def augmented(self, a: torch.Tensor) -> torch.Tensor:
         """[s_w a, s_b] (n, groups, T, I + 1) for the differentiated parameters (see GramFactors)."""
-        parts = []
-        if self.weight is not None:
-            parts.append(a if self.weight_scale == 1 else a * self.weight_scale)
-        if self.bias is not None:
-            parts.append(a.new_full((*a.shape[:3], 1), self.bias_scale))
-        return torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
+        if self.bias is None:
+            return a if self.weight_scale == 1 else a * self.weight_scale
+        if self.weight is None:
+            return a.new_full((*a.shape[:3], 1), self.bias_scale)
+        out = a.new_empty(*a.shape[:3], a.shape[3] + 1)
+        torch.mul(a, self.weight_scale, out=out[..., :-1])            # one pass: scaled and placed
+        out[..., -1] = self.bias_scale
+        return out
 
     def signals(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """Backprop signals (n, groups, T, O_group) from the gradients w.r.t. each call's output."""
