@@ -163,6 +163,34 @@ def test_gram_and_explicit_contractions_agree(monkeypatch, explicit):
         assert_close(empirical_ntk(model, x, method="structured", output="diagonal"), traced(ref).diagonal())
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn", "multi-output", "batchnorm-eval"])
+def test_symmetric_blocks_from_upper_tiles(monkeypatch, name):
+    """Θ(x, x) assembled from upper tiles of 1-2 rows (uneven, mirrored; outputs swapped for "full"),
+    also inside a grid of memory blocks, equals the reference."""
+    monkeypatch.setattr(st, "SYMMETRIC_TILE", 2)
+    model, x = make(name, n=7)
+    ref = reference_ntk(model, x)
+    assert [(s.start, s.stop) for s in st.tiles(7, 2)] == [(0, 1), (1, 3), (3, 5), (5, 7)]
+    assert_close(empirical_ntk(model, x, method="structured", output="full"), ref)
+    assert_close(empirical_ntk(model, x, method="structured"), traced(ref))
+    plan = structured_plan(model, x)
+    tight = plan.cost("trace").minimum + 5 * (plan.cost("trace").feature + plan.cost("trace").transient)
+    assert_close(empirical_ntk(model, x, method="structured", max_memory=tight), traced(ref))
+
+
+def test_path_choice_counts_multiply_adds_per_pair():
+    """Explicit only where it needs at most half the Gram path's multiply-adds per pair of examples."""
+    layers = [st.Layer(name, None, "w", "b", 1.0, 1.0) for name in ("readout", "conv", "hidden")]
+    st.choose_paths(layers, {"readout": (1, 1, 513, 1),      # Gram 515, explicit 513: Gram
+                             "conv": (1, 64, 289, 32),       # Gram 64²·322, explicit 9 248
+                             "hidden": (1, 1, 513, 512)}, k=1)
+    assert [layer.explicit for layer in layers] == [False, True, False]
+    st.choose_paths(layers[:1], {"readout": (1, 1, 4, 1)}, k=1)   # Gram 6, explicit 4: still Gram
+    assert not layers[0].explicit
+    st.choose_paths(layers[:1], {"readout": (1, 1, 1, 1)}, k=1)   # Gram 3, explicit 1
+    assert layers[0].explicit
+
+
 def structured_plan(model, x):
     problem = em._Problem(model, None, None)
     problem.probe(x[:em._PROBE])

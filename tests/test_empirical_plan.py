@@ -83,6 +83,45 @@ def test_the_verification_runs_once_per_model_and_structure(monkeypatch):
     assert len(calls) == 2
 
 
+def test_the_probe_runs_once_per_model_structure_and_input_shape(monkeypatch):
+    model, x = _mlp(), torch.randn(8, 5, dtype=F64)
+    forwards = []
+    real = em._Problem._forward_named
+    monkeypatch.setattr(em._Problem, "_forward_named", lambda self, *a, **kw: forwards.append(1) or real(self, *a, **kw))
+    monkeypatch.setattr(em, "_PROBED", {})
+    empirical_ntk(model, x)
+    probed = len(forwards)
+    assert probed == 2                                    # the measured forward and the repeat
+    empirical_ntk(model, x[:5], x[5:], output="full")
+    empirical_ntk(model, x, method="jacobian")
+    assert len(forwards) == probed                        # same model, structure and input shape
+    empirical_ntk(model, x[:, :4] @ torch.ones(4, 5, dtype=F64))
+    assert len(forwards) == probed
+    model.append(nn.Tanh())                               # a new structure is probed again
+    empirical_ntk(model, x)
+    assert len(forwards) == 2 * probed
+
+
+def test_the_probe_cache_keeps_every_check(monkeypatch):
+    monkeypatch.setattr(em, "_PROBED", {})
+    model = nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 1)).double().eval()
+    x = torch.randn(4, 5, dtype=F64)
+    empirical_ntk(model, x)
+    model.train()                                         # the mode is part of the structure
+    with pytest.raises(ValueError, match=r"Dropout.*model\.eval\(\)"):
+        empirical_ntk(model, x)
+    class Centred(nn.Module):                             # subtracts the batch mean
+        def forward(self, z):
+            return z - z.mean(0)
+
+    centred = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), Centred(), nn.Linear(4, 1)).double().eval()
+    empirical_ntk(centred, x[:1])                         # one example cannot show batch dependence ...
+    with pytest.raises(ValueError, match="depends on the other examples"):
+        empirical_ntk(centred, x)                         # ... so it is not cached: this batch is checked
+    with pytest.raises(ValueError, match="x1: the model could not be applied"):
+        empirical_ntk(model.eval(), torch.randn(4, 6, dtype=F64))
+
+
 def test_a_cached_plan_is_not_reused_for_a_model_that_uses_a_layer_differently(monkeypatch):
     # Same module types and shapes, but the second model scales the Linear's output in forward:
     # the structured path would be wrong for it, so its own verification must run and reject it.
