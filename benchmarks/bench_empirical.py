@@ -149,7 +149,7 @@ def neural_tangents(model_name: str, n: int, float32: bool, threads: int) -> dic
     """neural-tangents' structured derivatives (implementation 3) on the same case, in its venv; with
     ``threads=1`` XLA is held to one thread (its Eigen pool off, intra-op parallelism 1)."""
     args = ["empirical", "--model", model_name, "--n", str(n), "--impl", "3"] + (["--float32"] if float32 else [])
-    env = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"} if threads == 1 else {}
+    env = common.xla_threads(threads)
     return common.neural_tangents(*args, env=env)
 
 

