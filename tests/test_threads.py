@@ -139,3 +139,29 @@ def test_the_command_line_keeps_the_users_wait_policy():
 
 def test_importing_the_library_leaves_the_wait_policy_alone():
     assert _wait_policy("my_script.py", None) == ["None", "None"]
+
+
+_KEPT = """
+import numpy as np, os, sys
+from ntkprior import _process
+tuned = _process.configure_command_line() if sys.argv[1] == "tuned" else False
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+a = np.ones(32 << 17)          # 32 MiB, touched
+before = rss()
+del a
+print(tuned, (before - rss()) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_command_line_keeps_freed_memory_for_reuse():
+    # a freed 32 MiB block: returned to the system by default, kept for reuse when tuned
+    def run(mode, **env):
+        out = subprocess.run([sys.executable, "-c", _KEPT, mode], capture_output=True, text=True, timeout=120,
+                             check=True, env={**os.environ, **env}).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    assert run("default") == (False, 32)
+    assert run("tuned") == (True, 0)
+    assert run("tuned", MALLOC_TRIM_THRESHOLD_="0")[0] is False           # the user's choice wins

@@ -14,13 +14,13 @@ import importlib
 import os as _os
 import sys as _sys
 
-# The command line (console script ``ntkprior``) makes torch's OpenMP threads sleep instead of
-# spinning, unless the user chose a policy: measured, spinning threads made ``ntkprior train`` 5x
-# slower on a loaded machine. The OpenMP runtime reads the variable once, when torch loads it, and
-# importing ``ntkprior.app.cli`` imports this package (and torch) first: so it is set here, before
-# any import of torch, and only when this process is the command line.
+# The command line (console script ``ntkprior``) tunes its own process (``_process``: OpenMP threads
+# that sleep instead of spinning, malloc that keeps freed memory for reuse). Importing
+# ``ntkprior.app.cli`` imports this package first, before any import of torch: so it happens here,
+# and only when this process is the command line.
 if _sys.argv and _os.path.basename(_sys.argv[0]).lower() in ("ntkprior", "ntkprior.exe", "ntkprior-script.py"):
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ntkprior import _process
+    _process.configure_command_line()
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ Override: ``NTKPRIOR_THREADS=n`` in the environment makes every library loop use
 (``NTKPRIOR_THREADS=0``: leave torch's setting alone everywhere).
 
 The command line also sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning)
-unless the user set it; see ``ntkprior/__init__.py``.
+unless the user set it; see ``ntkprior/_process.py``.
 """
 
 from __future__ import annotations
