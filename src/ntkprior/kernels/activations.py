@@ -104,7 +104,7 @@ class PiecewiseLinearMap(ActivationMap):
             return compiled
         if scales is None:
             s = _sqrt_det(var1, var2, cov)
-            tdot = torch.atan2(s, cov)
+            tdot = _atan2(s, cov)
         else:                   # |K| near overflow or underflow: the same arithmetic, scaled exactly
             r1, r2 = scales
             k = cov * (r1 * r2)
@@ -165,15 +165,28 @@ class ErfMap(ActivationMap):
         return self.pair(var.clone(), var, var)
 
 
+def _numpy_can(*xs: Tensor) -> bool:
+    """Whether numpy can work on these tensors in place of torch: CPU, float32/64, contiguous, no grad.
+    numpy's SIMD inverse trigonometry (within 1-4 ulp) beats torch's float64 on this machine: asin
+    4.3x (0.96 vs 4.1 ns per element), atan2 1.2x (1.15 vs 1.33 ms for a 131 x 4000 block), one thread."""
+    return all(x.device.type == "cpu" and x.dtype in (torch.float64, torch.float32) and x.is_contiguous()
+               and not x.requires_grad for x in xs)
+
+
 def _asin_(x: Tensor) -> Tensor:
-    """``arcsin(x)`` in place. On the CPU numpy's (SIMD, within 1-4 ulp) is used: torch's float64
-    ``asin`` was measured 4.3x slower per element (4.1 vs 0.96 ns, AVX-512, one thread)."""
-    if (x.device.type != "cpu" or x.dtype not in (torch.float64, torch.float32) or not x.is_contiguous()
-            or x.requires_grad):
+    """``arcsin(x)`` in place (numpy's on the CPU, see :func:`_numpy_can`)."""
+    if not _numpy_can(x):
         return x.asin_()
     array = x.numpy()
     np.arcsin(array, out=array)
     return x
+
+
+def _atan2(y: Tensor, x: Tensor) -> Tensor:
+    """``atan2(y, x)`` of two tensors of one shape (numpy's on the CPU, see :func:`_numpy_can`)."""
+    if y.shape != x.shape or y.dtype != x.dtype or not _numpy_can(y, x):
+        return torch.atan2(y, x)
+    return torch.from_numpy(np.arctan2(y.numpy(), x.numpy()))
 
 
 def _det(var1: Tensor, var2: Tensor, cov: Tensor) -> Tensor:
