@@ -87,6 +87,20 @@ def check_analytic(device: str) -> None:
         cpu = arch.kernel(x1, diagonal=True)
         gpu = arch.kernel(x1.to(device), diagonal=True)
         report(f"{act.__name__} diagonal", (gpu.nngp, gpu.ntk), (cpu.nngp, cpu.ntk))
+    # the compiled whole-MLP tile (Triton on a GPU; NTKPRIOR_FUSED): against the CPU's eager layers
+    from ntkprior.kernels import fused
+    for act in (ntp.ReLU, ntp.Erf):
+        arch, x = mlp(activation=act), torch.randn(400, 5, generator=g, dtype=torch.float64)
+        cpu = arch.kernel(x)
+        fused.set_fused(True)
+        try:
+            gpu = arch.kernel(x.to(device))
+        finally:
+            fused.set_fused(None)
+        if any(f.failed for f in fused._CHAINS.values()):
+            FAILURES.append("fused chain compile")
+            print("  FAIL  the fused chain did not compile (eager fallback ran)")
+        report(f"{act.__name__} fused chain nngp/ntk", (gpu.nngp, gpu.ntk), (cpu.nngp, cpu.ntk))
 
 
 class SmallCNN(torch.nn.Module):
