@@ -161,7 +161,8 @@ def busy_processes(count: int) -> list:
 
 def command_seconds(command: list, env: dict) -> float:
     t0 = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   timeout=900)                   # a hung command fails the benchmark, not the machine
     return time.perf_counter() - t0
 
 

@@ -183,11 +183,14 @@ class Dense(Layer):
         return DenseModule(in_width, self.out_features, self.weight_std, self.bias_std,
                            self.parameterization, generator, dtype)
 
+    def kernel_terms(self) -> tuple[float, float, bool, bool]:
+        """What the kernel map needs: (σ_w², σ_b², standard parameterisation, has a bias)."""
+        return (self.weight_std ** 2, 0.0 if self.bias_std is None else self.bias_std ** 2,
+                self.parameterization == "standard", self.bias_std is not None)
+
     def map_kernel(self, state):
-        bias_var = self.bias_std ** 2 if self.bias_std is not None else 0.0
-        km.dense_update(state, self.weight_std ** 2, bias_var,
-                        standard=self.parameterization == "standard",
-                        has_bias=self.bias_std is not None)
+        weight_var, bias_var, standard, has_bias = self.kernel_terms()
+        km.dense_update(state, weight_var, bias_var, standard=standard, has_bias=has_bias)
         state.width = self.out_features
 
     def with_out_features(self, out_features: int) -> "Dense":
@@ -564,30 +567,27 @@ class Serial:
             if _repeats(previous, layer):
                 continue
             if isinstance(layer, Dense):
-                steps.append(km.fused.dense_step(layer.weight_std ** 2, 0.0 if layer.bias_std is None else
-                                                 layer.bias_std ** 2, layer.parameterization == "standard",
-                                                 layer.bias_std is not None, width))
-                width = layer.out_features
-            elif isinstance(layer, Activation) and layer.kernel_map().fused_step() is not None:
-                steps.append(layer.kernel_map().fused_step())
+                step, width = km.fused.dense_step(*layer.kernel_terms(), width), layer.out_features
+            elif isinstance(layer, Activation):
+                step = layer.kernel_map().fused_step()          # None: no closed form to compile
             else:
                 return None
+            if step is None:
+                return None
+            steps.append(step)
             previous = layer
         rows = self._activation_variances(x1)
         cols = rows if x2 is None else self._activation_variances(x2)
         steps = tuple(steps)
-        if not km.fused.chain_variances_are_safe(steps, [v for pair in zip(rows[0], cols[0]) for v in pair]):
+        if not km.fused.chain_variances_are_safe(steps, rows[0], cols[0]):
             return None
         return _FusedChain(steps, rows, cols)
 
     def _activation_variances(self, x: torch.Tensor) -> tuple[list, torch.Tensor, torch.Tensor]:
         """The pre-activation variances K(x, x) before each activation, and the final K(x, x) and
         Θ(x, x), by the eager diagonal pass (the same arithmetic as the rows of a tile)."""
-        state, before, previous = km.input_state(x, x, diagonal=True), [], None
-        for layer in self.layers:
-            if layer.kind == "activation" and not _repeats(previous, layer):
-                before.append(state.var1.clone())
-            previous = apply_layer(layer, state, previous)
+        state, before = km.input_state(x, x, diagonal=True), []
+        self._propagate(state, before_activations=before)
         return before, state.cov, state.ntk
 
     def _plan(self, in_shape: tuple) -> "_Plan":
@@ -604,10 +604,15 @@ class Serial:
                              "readout such as 'flatten dense(1)' or 'global_avg_pool dense(1)'")
         return _Plan(full=last_full >= 0, last_full=last_full, per_pair=per_pair)
 
-    def _propagate(self, state: km.KernelState, plan: "_Plan | None" = None) -> None:
+    def _propagate(self, state: km.KernelState, plan: "_Plan | None" = None,
+                   before_activations: list | None = None) -> None:
+        """Map ``state`` through every layer; ``before_activations`` collects a copy of the rows'
+        variances before each activation that is applied."""
         plan = plan or _Plan(False, -1, 1)
         previous = None
         for i, layer in enumerate(self.layers):
+            if before_activations is not None and layer.kind == "activation" and not _repeats(previous, layer):
+                before_activations.append(state.var1.clone())
             previous = apply_layer(layer, state, previous)
             if i == plan.last_full:
                 from ntkprior.kernels.spatial import to_diagonal

@@ -201,8 +201,6 @@ def _sqrt_det(var1: Tensor, var2: Tensor, cov: Tensor) -> Tensor:
     return _det(var1, var2, cov).sqrt_()
 
 
-
-
 def _power_of_two_scales(var1: Tensor, var2: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(2^(−e1/2), 2^(−e2/2))`` with even exponents that bring each variance near 1, or None
     when the products ``var1·var2`` and ``K²`` neither overflow nor underflow (the usual case).
