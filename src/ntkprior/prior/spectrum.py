@@ -189,7 +189,8 @@ def eigenmodes(arch_or_kernel, x=None, k: int | None = None, kernel: str | None 
         values, vectors = psd.top_eigh(k)
         spectrum = psd.eigvalsh().flip(0) if all_values else None     # after top_eigh: reuses a full one
     else:
-        _check_all_values(all_values, f"n = {n} exceeds DENSE_LIMIT = {DENSE_LIMIT}", n)
+        why = "method='lanczos' was asked for" if method == "lanczos" else f"n = {n} exceeds DENSE_LIMIT = {DENSE_LIMIT}"
+        _check_all_values(all_values, why, n)
         if not isinstance(matrix, torch.Tensor):
             matrix = matrix.matrix
         check_symmetric(matrix, f"{source.label(kernel)} of the inputs", symmetry_rtol(matrix))
